@@ -1,0 +1,29 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	# torch/torchvision pinned together so the CPU wheels on a dev box and the CUDA wheels in the
+	# image agree; pip's own constraints may narrow this further.
+	$(BIN)/pip install --quiet "torch>=2.3,<=2.14.1" "torchvision>=0.18,<=0.29.1"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/polyp-synth run jobs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_masks.py
+	$(BIN)/python bench/bench_generate.py --config jobs/demo.yaml
+
+clean:
+	rm -rf runs models .pytest_cache

@@ -1,0 +1,172 @@
+"""Typed job configuration: one YAML file per job, validated before any work starts.
+
+Unknown keys and bad values are `ConfigError`s naming the offending field, and `--set a.b=value`
+overrides any field from the command line (the value is parsed as YAML, so `--set engine.steps=30`
+gives an int and `--set engine.vae=null` clears a field).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FramesConfig(_Section):
+    """Where the normal (polyp-free) frames come from."""
+
+    source: str = Field(description="folder, glob pattern or fsspec URL (s3://bucket/prefix/*.jpg)")
+    min_size: int = Field(128, gt=0, description="frames smaller than this on either side are skipped")
+    limit: int | None = Field(None, gt=0, description="use at most this many frames (sorted by URI)")
+
+
+class PromptsConfig(_Section):
+    bank: str = "prompts/clinical.yaml"
+
+
+class MasksConfig(_Section):
+    preset: str = "masks/default.yaml"
+
+
+class EngineConfig(_Section):
+    """SDXL inpainting settings; everything here is recorded in each shard's `engine` column."""
+
+    model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    revision: str | None = None
+    variant: str | None = None
+    vae: str | None = Field(None, description="separate VAE (hub id or path), e.g. the fp16-fix VAE")
+    lora: str | None = Field(None, description="LoRA weights (hub id, folder or .safetensors file)")
+    allow_pickle: bool = Field(False, description="allow loading non-safetensors checkpoints")
+    build_tiny_if_missing: bool = Field(
+        False, description="if `model` is a local path that does not exist, build a tiny random model there"
+    )
+    batch_size: int = Field(4, gt=0)
+    resolution: int = Field(1024, gt=0, multiple_of=8, description="working resolution (square)")
+    output_resolution: int | None = Field(
+        None, gt=0, description="output side length; None keeps each source frame's own size"
+    )
+    scheduler: Literal["euler", "euler_a", "ddim", "dpmpp_2m", "unipc", "default"] = "euler"
+    steps: int = Field(30, gt=0)
+    guidance_scale: float = Field(7.5, ge=0)
+    strength: float = Field(0.99, gt=0, le=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    mask_dilation: int = Field(
+        8, ge=0, description="pixels (at output resolution) the repaint region extends past the label"
+    )
+    mask_feather: int = Field(4, ge=0, description="width of the soft blend at the repaint edge, pixels")
+
+
+class ExecutorConfig(_Section):
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray address; None uses RAY_ADDRESS or 'auto'")
+    num_gpus_per_worker: float = Field(1.0, ge=0)
+    num_cpus_per_worker: float = Field(0.5, gt=0)
+    max_workers: int | None = Field(None, gt=0, description="None: one worker per GPU (CPU: 1)")
+    shard_retries: int = Field(2, ge=0)
+    timeout_s: float = Field(3600.0, gt=0, description="longest wait for any single shard")
+
+
+class JobConfig(_Section):
+    """A whole job. `run_id` may contain `{date}`, expanded when the job starts."""
+
+    run_id: str = "run-{date}"
+    seed: int = 0
+    samples: int = Field(100, gt=0)
+    shard_size: int = Field(64, gt=0)
+    output: str = "runs"
+    frames: FramesConfig
+    prompts: PromptsConfig = PromptsConfig()
+    masks: MasksConfig = MasksConfig()
+    engine: EngineConfig = EngineConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_a_name(cls, value: str) -> str:
+        if not value or "/" in value or value.strip() != value:
+            raise ValueError("must be a non-empty name without '/' or surrounding spaces")
+        return value
+
+    def resolved_run_id(self, today: _dt.date | None = None) -> str:
+        return self.run_id.format(date=(today or _dt.date.today()).isoformat())
+
+    def run_dir(self) -> str:
+        """Output location of this run: `<output>/<run_id>` (local path or fsspec URL)."""
+        return f"{self.output.rstrip('/')}/{self.resolved_run_id()}"
+
+    def digest(self) -> str:
+        """Stable hash of the whole config, used to tell whether a plan still matches its job."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: --set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str, source: str) -> tuple[str, Any]:
+    """Split `a.b=value` and parse the value as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{source}: --set {text!r}: expected KEY=VALUE, e.g. --set engine.steps=30")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: --set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip(), value
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {field}: {message}{suffix}"
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config", overrides: list[str] = ()) -> JobConfig:
+    tree = json.loads(json.dumps(data))  # deep copy, plain types only
+    for text in overrides:
+        key, value = parse_override(text, source)
+        _set_path(tree, key, value, source)
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+    """Read, override and validate a job config; every problem is a one-line `ConfigError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return config_from_dict(data, str(path), overrides)
