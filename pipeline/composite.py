@@ -1,0 +1,74 @@
+"""Pixel maths around the inpainting model: resizing, the repaint region, and the final composite.
+
+The model works on a square `resolution` and its VAE round trip changes every pixel it sees, so the
+engine never returns the model's image as is: it pastes the generated pixels back into the source
+frame through a soft `alpha`, and every pixel with alpha == 0 is the source frame's pixel, bit for bit.
+Masks are labels: they are resized as labels (area fraction + threshold) and stay {0, 255}, never grey.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 image to `size` = (width, height).
+
+    Area averaging when shrinking (no aliasing of the mucosa texture), bicubic when enlarging.
+    """
+    height, width = image.shape[:2]
+    if (width, height) == tuple(size):
+        return image.copy()
+    shrinking = size[0] * size[1] < width * height
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int], cover: Literal["half", "any"] = "half") -> np.ndarray:
+    """Resize a label mask to `size` = (width, height); the result is uint8 {0, 255}.
+
+    Each output pixel gets the fraction of it the label covers, then a threshold: `cover="half"`
+    keeps the label's area honest (the label itself); `cover="any"` marks every pixel the label
+    touches (a region the model must repaint, so that nothing of it is missed).
+    """
+    height, width = mask.shape[:2]
+    shrinking = size[0] * size[1] < width * height
+    covered = cv2.resize(
+        (mask > 0).astype(np.float32),
+        tuple(size),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
+    inside = covered >= 0.5 if cover == "half" else covered > 0
+    return np.where(inside, 255, 0).astype(np.uint8)
+
+
+def repaint_region(mask: np.ndarray, dilation_px: int, feather_px: int) -> np.ndarray:
+    """Blend weight of the generated image: float32 HxW in [0, 1].
+
+    alpha is 1 on the label and up to `dilation_px` from it (so the polyp's surroundings can adapt),
+    then falls linearly to 0 at `dilation_px + feather_px` (a soft seam OUTSIDE the dilated label),
+    and is exactly 0 beyond. Distances are Euclidean, so the region grows round, not square.
+    """
+    label = mask > 0
+    if not label.any():
+        return np.zeros(mask.shape[:2], np.float32)
+    # distance of every pixel to the nearest label pixel (0 on the label)
+    distance = cv2.distanceTransform(np.where(label, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if feather_px == 0:
+        return (distance <= dilation_px).astype(np.float32)
+    alpha = (dilation_px + feather_px - distance) / feather_px
+    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+
+
+def composite(source: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """alpha * generated + (1 - alpha) * source, as uint8; where alpha == 0 the source pixel, exactly."""
+    if source.shape != generated.shape or source.shape[:2] != alpha.shape:
+        raise ValueError(
+            f"composite: source {source.shape}, generated {generated.shape} and alpha {alpha.shape} differ in size"
+        )
+    weight = alpha[..., None]
+    blended = weight * generated.astype(np.float32) + (1.0 - weight) * source.astype(np.float32)
+    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return np.where(weight > 0, blended, source)

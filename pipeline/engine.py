@@ -1,0 +1,382 @@
+"""The SDXL inpainting engine: paints a polyp into each frame's repaint region, guided by a prompt.
+
+One `InpaintEngine` per process holds the diffusers pipeline (loaded once) and turns a batch of
+(frame, label mask, prompt, negative prompt, seed) into composited frames in three stages that can be
+timed separately:
+
+    prepare_batch    frame and repaint region to the square working resolution (CPU, numpy)
+    generate_batch   the diffusers pipeline call, one torch.Generator per sample (GPU)
+    composite_batch  back to the frame's size, pasted into the source through a soft alpha (CPU)
+
+Every pixel outside the repaint region is returned bit-identical to the source frame; each sample's
+pixels depend on its own seed only, not on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLInpaintPipeline,
+    UniPCMultistepScheduler,
+)
+from huggingface_hub.errors import EntryNotFoundError
+from PIL import Image
+
+from pipeline.composite import composite, repaint_region, resize_image, resize_mask
+from pipeline.config import EngineConfig
+from pipeline.errors import ConfigError, ModelLoadError
+from pipeline.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+
+class _DropVaeCastWarning(logging.Filter):
+    """diffusers warns about `.to(dtype)` on models with fp32 modules, and its own SDXL pipeline makes
+    that call on the VAE during every generation: a warning per batch that says nothing to our users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropVaeCastWarning())
+
+SCHEDULERS = {
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+# Pipelines with SDXL's components (two text encoders, text_time UNet): the inpainting pipeline loads
+# any of them; a base SDXL checkpoint gives a 4-channel UNet, which diffusers inpaints by latent blending.
+SDXL_PIPELINES = {"StableDiffusionXLInpaintPipeline", "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError)  # what from_pretrained raises for a bad model or no network
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"engine.device: {name!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"engine.device: {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" is bfloat16 on CUDA (SDXL's VAE overflows in float16) and float32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def _local_path(value: str, field: str) -> Path | None:
+    """The local file or folder `value` names, or None when it is a hub id (org/name)."""
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    if HUB_ID.fullmatch(value):
+        return None
+    raise ModelLoadError(f"{field}: {value}: no such file or folder, and not a Hugging Face hub id (org/name)")
+
+
+def _describe(folder: Path) -> str:
+    """What a folder that is not a pipeline looks like, for the error message."""
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            info = json.loads(config.read_text())
+        except json.JSONDecodeError:
+            info = {}
+        class_name = info.get("_class_name") or (info.get("architectures") or ["unknown"])[0]
+        return f"a single {class_name} model (config.json), not a whole pipeline"
+    names = sorted(p.name for p in folder.iterdir())
+    return f"a folder of {len(names)} entries ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+
+
+def _refuse_pickle_only(path: Path, field: str) -> None:
+    """Unpickling can run arbitrary code: refuse weights that exist only as pickle unless allowed."""
+    files = [path] if path.is_file() else [f for f in sorted(path.rglob("*")) if f.is_file()]
+    safe_folders = {f.parent for f in files if f.suffix == ".safetensors"}
+    pickled = [f for f in files if f.suffix in PICKLE_SUFFIXES and f.parent not in safe_folders]
+    if pickled:
+        names = ", ".join(str(f.relative_to(path)) if f != path else f.name for f in pickled[:4])
+        raise ModelLoadError(
+            f"{field}: {path} has weights only as pickle ({names}), and pickle can run code when loaded: "
+            "convert them to safetensors, or set engine.allow_pickle=true if you trust them"
+        )
+
+
+def _check_pipeline_folder(path: Path, allow_pickle: bool) -> None:
+    """Fail early, naming what the folder is, when it is not an SDXL pipeline."""
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"engine.model: {path} is a file; expected a diffusers SDXL pipeline folder (with model_index.json)"
+        )
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"engine.model: {path} has no model_index.json: it is {_describe(path)}")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError):
+        raise ModelLoadError(f"engine.model: {index} is not a valid model_index.json") from None
+    if class_name not in SDXL_PIPELINES:
+        raise ModelLoadError(
+            f"engine.model: {path} holds a {class_name}, not an SDXL pipeline ({', '.join(sorted(SDXL_PIPELINES))})"
+        )
+    if not allow_pickle:
+        _refuse_pickle_only(path, "engine.model")
+
+
+def _load(field: str, value: str, is_hub: bool, load: Callable):
+    """Run a from_pretrained call; turn its failure into one line naming the setting and the value."""
+    try:
+        return load()
+    except LOAD_ERRORS as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ""
+        if is_hub:
+            hint = (
+                f" (no local folder of that name, so it was looked up as a hub id; without network, download it"
+                f" beforehand (huggingface-cli download {value}) and set HF_HUB_OFFLINE=1,"
+                f" or set {field} to a local folder)"
+            )
+        raise ModelLoadError(f"{field}: cannot load {value}: {reason}{hint}") from exc
+
+
+def _load_vae(value: str, dtype: torch.dtype, allow_pickle: bool) -> AutoencoderKL:
+    """A separate VAE: a VAE folder, a pipeline folder (its vae/), or a hub id."""
+    path = _local_path(value, "engine.vae")
+    subfolder = None
+    if path is not None:
+        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
+            subfolder = "vae"
+        if not allow_pickle:
+            _refuse_pickle_only(path, "engine.vae")
+    return _load(
+        "engine.vae",
+        value,
+        path is None,
+        lambda: AutoencoderKL.from_pretrained(
+            value, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True if not allow_pickle else None
+        ),
+    )
+
+
+def _load_lora(pipe: StableDiffusionXLInpaintPipeline, value: str, allow_pickle: bool) -> None:
+    path = _local_path(value, "engine.lora")
+    kwargs = {"use_safetensors": True if not allow_pickle else None}
+    if path is not None:
+        if not allow_pickle:
+            _refuse_pickle_only(path, "engine.lora")
+        if path.is_file():
+            value, kwargs["weight_name"] = str(path.parent), path.name
+    _load("engine.lora", value, path is None, lambda: pipe.load_lora_weights(value, **kwargs))
+
+
+@functools.lru_cache(maxsize=1)
+def load_pipeline(
+    model: str,
+    revision: str | None,
+    variant: str | None,
+    vae: str | None,
+    lora: str | None,
+    allow_pickle: bool,
+    scheduler: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> StableDiffusionXLInpaintPipeline:
+    """Load the pipeline once per process (cached on everything that shapes it)."""
+    path = _local_path(model, "engine.model")
+    if path is not None:
+        _check_pipeline_folder(path, allow_pickle)
+    kwargs = {
+        "revision": revision,
+        "variant": variant,
+        "torch_dtype": dtype,
+        # True refuses pickle; None prefers safetensors and falls back to pickle (False would demand pickle)
+        "use_safetensors": True if not allow_pickle else None,
+        "add_watermarker": False,  # the invisible watermark would alter the synthetic training images
+    }
+    if vae is not None:
+        kwargs["vae"] = _load_vae(vae, dtype, allow_pickle)
+    pipe = _load(
+        "engine.model", model, path is None, lambda: StableDiffusionXLInpaintPipeline.from_pretrained(model, **kwargs)
+    )
+    if lora is not None:
+        _load_lora(pipe, lora, allow_pickle)
+    if scheduler != "default":
+        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)  # the shard worker reports progress, not every denoising step
+    log.info("loaded %s (UNet with %d input channels) on %s as %s", model, pipe.unet.config.in_channels, device, dtype)
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+@dataclass
+class PreparedSample:
+    """One sample ready for the model, and what compositing needs afterwards."""
+
+    frame: np.ndarray  # source RGB uint8 at output size
+    alpha: np.ndarray  # blend weight of the generated image at output size, float32 in [0, 1]
+    image: Image.Image  # frame at working resolution
+    mask_image: Image.Image  # repaint region at working resolution, L mode {0, 255}
+    prompt: str
+    negative: str
+    seed: int
+
+
+class InpaintEngine:
+    """SDXL inpainting with exact compositing; see the module docstring."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.pipe = load_pipeline(
+            config.model,
+            config.revision,
+            config.variant,
+            config.vae,
+            config.lora,
+            config.allow_pickle,
+            config.scheduler,
+            self.dtype,
+            self.device,
+        )
+
+    @property
+    def identity(self) -> dict:
+        """Provenance for each shard's `engine` column: everything that decides the pixels."""
+        c = self.config
+        return {
+            "model": c.model,
+            "revision": c.revision,
+            "variant": c.variant,
+            "vae": c.vae,
+            "lora": c.lora,
+            "unet_in_channels": int(self.pipe.unet.config.in_channels),
+            "scheduler": c.scheduler,
+            "scheduler_class": type(self.pipe.scheduler).__name__,
+            "steps": c.steps,
+            "guidance_scale": c.guidance_scale,
+            "strength": c.strength,
+            "resolution": c.resolution,
+            "output_resolution": c.output_resolution,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "mask_dilation": c.mask_dilation,
+            "mask_feather": c.mask_feather,
+            "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__,
+        }
+
+    def inpaint(
+        self,
+        frames: list[np.ndarray],
+        masks: list[np.ndarray],
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        timer: StageTimer | None = None,
+    ) -> list[np.ndarray]:
+        """Composited RGB uint8 frames, one per input, each the size of its source frame."""
+        timer = timer or StageTimer()
+        if not len(frames) == len(masks) == len(prompts) == len(negatives) == len(seeds):
+            raise ValueError("inpaint: frames, masks, prompts, negatives and seeds must have the same length")
+        results = []
+        for start in range(0, len(frames), self.config.batch_size):
+            chunk = slice(start, start + self.config.batch_size)
+            batch = timer.time("prepare", lambda: self.prepare_batch(
+                frames[chunk], masks[chunk], prompts[chunk], negatives[chunk], seeds[chunk]))
+            generated = timer.time("model", lambda: self._run_with_oom_split(batch, self.generate_batch))
+            results += timer.time("composite", lambda: self.composite_batch(batch, generated))
+        return results
+
+    def prepare_batch(self, frames, masks, prompts, negatives, seeds) -> list[PreparedSample]:
+        """Repaint region at output size (the config's pixels are output pixels), then all to working size."""
+        side = (self.config.resolution, self.config.resolution)
+        batch = []
+        for frame, mask, prompt, negative, seed in zip(frames, masks, prompts, negatives, seeds):
+            if frame.ndim != 3 or frame.shape[2] != 3 or mask.shape != frame.shape[:2]:
+                raise ValueError(f"inpaint: frame {frame.shape} must be HxWx3 and its mask {mask.shape} HxW")
+            alpha = repaint_region(mask, self.config.mask_dilation, self.config.mask_feather)
+            # The model repaints everywhere alpha > 0, so the soft seam blends two plausible images.
+            region = np.where(alpha > 0, 255, 0).astype(np.uint8)
+            batch.append(
+                PreparedSample(
+                    frame=frame,
+                    alpha=alpha,
+                    image=Image.fromarray(resize_image(frame, side)),
+                    mask_image=Image.fromarray(resize_mask(region, side, cover="any")),
+                    prompt=prompt,
+                    negative=negative,
+                    seed=int(seed),
+                )
+            )
+        return batch
+
+    def generate_batch(self, batch: list[PreparedSample]) -> list[np.ndarray]:
+        """The model call. One generator per sample keeps a sample's pixels independent of its batch."""
+        generators = [torch.Generator(device=self.device).manual_seed(s.seed) for s in batch]
+        images = self.pipe(
+            prompt=[s.prompt for s in batch],
+            negative_prompt=[s.negative for s in batch],
+            image=[s.image for s in batch],
+            mask_image=[s.mask_image for s in batch],
+            height=self.config.resolution,
+            width=self.config.resolution,
+            strength=self.config.strength,
+            guidance_scale=self.config.guidance_scale,
+            num_inference_steps=self.config.steps,
+            generator=generators,
+            output_type="np",
+        ).images
+        return [np.clip(np.rint(image * 255), 0, 255).astype(np.uint8) for image in images]
+
+    def composite_batch(self, batch: list[PreparedSample], generated: list[np.ndarray]) -> list[np.ndarray]:
+        """Back to each frame's size and pasted into it: outside the repaint region, the source exactly."""
+        results = []
+        for sample, image in zip(batch, generated):
+            height, width = sample.frame.shape[:2]
+            results.append(composite(sample.frame, resize_image(image, (width, height)), sample.alpha))
+        return results
+
+    def _run_with_oom_split(self, batch: list, call: Callable[[list], list]) -> list:
+        """`call(batch)`; on CUDA out-of-memory, retry each half, down to single samples, then give up."""
+        try:
+            return call(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+        # Outside the except block: the traceback, and the activations its frames hold, are released.
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        log.warning("CUDA out of memory on a batch of %d: retrying as %d + %d", len(batch), half, len(batch) - half)
+        return self._run_with_oom_split(batch[:half], call) + self._run_with_oom_split(batch[half:], call)
