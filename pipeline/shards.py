@@ -1,0 +1,165 @@
+"""Parquet shards of image–mask pairs: schema, encoding, atomic write, read and validation.
+
+A shard is the unit of work, retry and idempotency. It is written whole (see `storage`) and carries
+in its schema metadata the run config, the Hugging Face `features` (so `datasets` decodes `image`
+and `mask` as images with no glue) and the samples of its plan that failed, with their reasons:
+planned ids = rows + failed, which is what `validate_shard` checks on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.errors import ShardError
+
+SHARD_DIR = "shards"
+_META_KEY = b"polyp_synth"
+
+
+def shard_name(shard_index: int) -> str:
+    return f"shard-{shard_index:05d}.parquet"
+
+
+def shard_url(run_dir: str, shard_index: int) -> str:
+    return storage.join(run_dir, SHARD_DIR, shard_name(shard_index))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (HxWx3) or single-channel (HxW) uint8 array; lossless, so labels stay exact."""
+    pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if pixels.ndim == 3 else pixels
+
+
+def mask_geometry(mask: np.ndarray) -> tuple[float, list[int]]:
+    """Foreground fraction and bounding box [x0, y0, x1, y1] (exclusive ends) of a label."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0, [0, 0, 0, 0]
+    return float(len(xs) / mask.size), [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def shard_table(rows: list[dict[str, Any]], attributes_type: pa.DataType) -> pa.Table:
+    """Rows (plan row + `image`, `mask` arrays + `engine`, `run_id`, `pipeline_version`) → shard table."""
+    columns: dict[str, list[Any]] = {name: [] for name in _SHARD_TYPES}
+    for row in rows:
+        area, bbox = mask_geometry(row["mask"])
+        height, width = row["mask"].shape
+        values = {
+            **{name: row[name] for name in _FROM_PLAN},
+            "image": {"bytes": encode_png(row["image"]), "path": f"{row['sample_id']}.png"},
+            "mask": {"bytes": encode_png(row["mask"]), "path": f"{row['sample_id']}_mask.png"},
+            "width": width, "height": height, "mask_area": area, "bbox": bbox,
+            "engine": row["engine"],
+            "run_id": row["run_id"], "pipeline_version": row["pipeline_version"],
+        }
+        for name in columns:
+            columns[name].append(values[name])
+    types = {**_SHARD_TYPES, "attributes": attributes_type, "engine": ENGINE_TYPE}
+    return pa.table({name: pa.array(values, type=types[name]) for name, values in columns.items()})
+
+
+# Fixed, so every shard of every run has one schema even where a setting is unset (null).
+ENGINE_TYPE = pa.struct([
+    ("model", pa.string()), ("revision", pa.string()), ("variant", pa.string()), ("vae", pa.string()),
+    ("lora", pa.string()), ("unet_in_channels", pa.int32()), ("scheduler", pa.string()),
+    ("scheduler_class", pa.string()), ("steps", pa.int32()), ("guidance_scale", pa.float32()),
+    ("strength", pa.float32()), ("resolution", pa.int32()), ("output_resolution", pa.int32()),
+    ("dtype", pa.string()), ("device", pa.string()), ("mask_dilation", pa.int32()), ("mask_feather", pa.int32()),
+    ("diffusers_version", pa.string()), ("torch_version", pa.string()),
+])
+_FROM_PLAN = (
+    "sample_id", "plan_index", "shard_index", "seed", "source_frame", "source_sha256",
+    "prompt", "negative_prompt", "attributes", "mask_params",
+)
+_SHARD_TYPES: dict[str, pa.DataType | None] = {
+    "sample_id": pa.string(), "image": _IMAGE, "mask": _IMAGE,
+    "width": pa.int32(), "height": pa.int32(),
+    "source_frame": pa.string(), "source_sha256": pa.string(),
+    "prompt": pa.string(), "negative_prompt": pa.string(), "attributes": None,
+    "mask_params": pa.string(), "mask_area": pa.float32(), "bbox": pa.list_(pa.int32(), 4),
+    "seed": pa.int64(), "engine": None,
+    "run_id": pa.string(), "shard_index": pa.int32(), "plan_index": pa.int64(), "pipeline_version": pa.string(),
+}
+
+
+def _hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    """Hugging Face `features` for this schema, with `image` and `mask` declared as images."""
+    features = datasets.Features.from_arrow_schema(schema)
+    features["image"] = datasets.Image()
+    features["mask"] = datasets.Image()
+    return dict(features.arrow_schema.metadata)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the driver needs to know of a written shard (no pixels)."""
+
+    shard_index: int
+    rows: int
+    failed: list[dict[str, str]]
+    bytes: int
+    sha256: str
+
+
+def write_shard(run_dir: str, shard_index: int, table: pa.Table, failed: list[dict[str, str]],
+                run_meta: dict[str, Any]) -> ShardInfo:
+    """Write a shard atomically. `failed` lists {sample_id, reason} of planned samples left out."""
+    meta = {"shard_index": shard_index, "failed": failed, **run_meta}
+    metadata = {**_hf_metadata(table.schema), _META_KEY: json.dumps(meta).encode()}
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    storage.write_bytes_atomic(shard_url(run_dir, shard_index), data)
+    return ShardInfo(shard_index, table.num_rows, failed, len(data), hashlib.sha256(data).hexdigest())
+
+
+def read_shard(url: str) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+    except FileNotFoundError:
+        raise ShardError(f"{url}: no such shard") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardError(f"{url}: unreadable shard ({exc})") from None
+
+
+def shard_meta(table: pa.Table) -> dict[str, Any]:
+    return json.loads(table.schema.metadata[_META_KEY])
+
+
+def validate_shard(run_dir: str, shard_index: int, planned_ids: list[str]) -> ShardInfo | None:
+    """The shard's info if it exists, reads, and holds exactly its planned samples (rows + failed);
+    None if it must be (re)generated."""
+    url = shard_url(run_dir, shard_index)
+    try:
+        data = storage.read_bytes(url)
+        footer = pq.ParquetFile(pa.BufferReader(data))
+        ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
+        meta = json.loads(footer.schema_arrow.metadata[_META_KEY])
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError, ValueError):
+        return None
+    failed = meta.get("failed", [])
+    accounted = ids + [entry["sample_id"] for entry in failed]
+    if len(accounted) != len(planned_ids) or set(accounted) != set(planned_ids):
+        return None
+    return ShardInfo(shard_index, len(ids), failed, len(data), hashlib.sha256(data).hexdigest())
