@@ -1,0 +1,206 @@
+"""Procedural masks against real Kvasir-SEG masks: shape statistics, fitting, attributes, placement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from skimage.measure import label, regionprops
+
+from pipeline.errors import MaskPresetError
+from pipeline.fov import FieldOfView
+from pipeline.mask_fit import fit_preset
+from pipeline.mask_stats import KS_STATS, ks_report, load_reference_stats, mask_stats
+from pipeline.masks import MaskParams, MaskPreset, draw_mask, sample_mask_params
+
+ROOT = Path(__file__).resolve().parents[1]
+KVASIR = ROOT.parent / "shared" / "data" / "kvasir-seg" / "masks"
+DEFAULT = ROOT / "masks" / "default.yaml"
+KS_LIMIT = 0.10
+
+# the default prompt bank's weights; 0-Ip is never diminutive
+MORPHOLOGY = {"0-Ip": 0.10, "0-Isp": 0.15, "0-Is": 0.40, "0-IIa": 0.25, "0-IIb": 0.05, "0-IIc": 0.05}
+SIZE = {"diminutive": 0.30, "small": 0.35, "large": 0.25, "giant": 0.10}
+
+pytestmark = pytest.mark.skipif(not KVASIR.is_dir(), reason="needs ../shared/data/kvasir-seg")
+
+
+def bank_attributes(rng: np.random.Generator) -> dict[str, str]:
+    morphology = str(rng.choice(list(MORPHOLOGY), p=list(MORPHOLOGY.values())))
+    sizes = {k: w for k, w in SIZE.items() if not (morphology == "0-Ip" and k == "diminutive")}
+    weights = np.array(list(sizes.values()))
+    return {"morphology": morphology, "size": str(rng.choice(list(sizes), p=weights / weights.sum()))}
+
+
+def generated_stats(preset: MaskPreset, n: int, seed: int, side: int = 512) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = [mask_stats(draw_mask(sample_mask_params(preset, bank_attributes(rng), FieldOfView.full(), rng),
+                                 side, side)) for _ in range(n)]
+    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+
+@pytest.fixture(scope="module")
+def kvasir() -> dict[str, np.ndarray]:
+    return load_reference_stats(KVASIR)
+
+
+@pytest.fixture(scope="module")
+def preset() -> MaskPreset:
+    return MaskPreset.load(DEFAULT)
+
+
+def disc_fov(rows: int = 48, cols: int = 64, radius: float = 0.9) -> FieldOfView:
+    """An endoscope-like field of view: an ellipse with an inset box cut out of its lower left."""
+    y, x = np.mgrid[0:rows, 0:cols] + 0.5
+    grid = ((x - cols / 2) / (radius * cols / 2)) ** 2 + ((y - rows / 2) / (radius * rows / 2)) ** 2 < 1
+    grid[int(rows * 0.65) : int(rows * 0.85), int(cols * 0.08) : int(cols * 0.3)] = False
+    return FieldOfView(grid)
+
+
+def test_stats_are_regionprops_definitions(preset):
+    rng = np.random.default_rng(3)
+    masks = [draw_mask(sample_mask_params(preset, {}, FieldOfView.full(), rng), 300, 200) for _ in range(20)]
+    masks += [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in sorted(KVASIR.glob("*.jpg"))[:20]]
+    for mask in masks:
+        binary = mask > 127
+        largest = max(regionprops(label(binary)), key=lambda region: region.area)
+        stats = mask_stats(mask)
+        assert stats["area_fraction"] == pytest.approx(binary.mean(), abs=1e-12)
+        assert stats["solidity"] == pytest.approx(largest.solidity, abs=1e-9)
+        assert stats["eccentricity"] == pytest.approx(largest.eccentricity, abs=1e-9)
+
+
+def test_reference_figures(kvasir):
+    """The folder is what the published figures describe; JPEG specks are not counted as lesions."""
+    assert kvasir["area_fraction"].size == 1000
+    assert kvasir["area_fraction"].mean() == pytest.approx(0.154, abs=0.002)
+    assert kvasir["solidity"].mean() == pytest.approx(0.952, abs=0.002)
+    assert kvasir["eccentricity"].mean() == pytest.approx(0.663, abs=0.002)
+    assert 0.93 < np.mean(kvasir["components"] == 1) < 0.97
+
+
+def test_default_preset_matches_kvasir(preset, kvasir):
+    generated = generated_stats(preset, 1200, seed=11)
+    ks = ks_report(generated, kvasir)
+    assert set(ks) == set(KS_STATS)
+    assert max(ks.values()) <= KS_LIMIT, ks
+    several = np.mean(generated["components"] >= 2)
+    assert abs(several - np.mean(kvasir["components"] >= 2)) < 0.03
+
+
+def test_fit_adapts_to_a_different_reference(tmp_path, preset, kvasir):
+    """Fitted on the larger half of Kvasir-SEG, the preset matches that half, which the default does not."""
+    paths = sorted(KVASIR.glob("*.jpg"))
+    large = kvasir["area_fraction"] > np.median(kvasir["area_fraction"])
+    folder = tmp_path / "large"
+    folder.mkdir()
+    for path in np.array(paths)[large]:
+        (folder / path.name).symlink_to(path)
+    reference = load_reference_stats(folder)
+    assert ks_report(generated_stats(preset, 600, seed=5), reference)["area_fraction"] > 0.3
+
+    fitted = fit_preset(folder, seed=1)
+    ks = ks_report(generated_stats(fitted, 1000, seed=12), reference)
+    assert max(ks.values()) <= KS_LIMIT, ks
+    assert "large" in fitted.fitted_on
+
+
+@pytest.mark.parametrize("size", [(512, 512), (640, 480), (333, 517)])
+def test_masks_are_binary_and_redrawn_from_their_params(preset, size):
+    rng = np.random.default_rng(7)
+    width, height = size
+    for _ in range(40):
+        params = sample_mask_params(preset, bank_attributes(rng), disc_fov(), rng)
+        mask = draw_mask(params, width, height)
+        assert mask.dtype == np.uint8 and mask.shape == (height, width)
+        assert set(np.unique(mask)) == {0, 255}
+        again = MaskParams.from_dict(json.loads(json.dumps(params.to_dict())))
+        assert again == params
+        assert np.array_equal(draw_mask(again, width, height), mask)
+    first = sample_mask_params(preset, {"size": "large"}, FieldOfView.full(), np.random.default_rng(1))
+    assert first == sample_mask_params(preset, {"size": "large"}, FieldOfView.full(), np.random.default_rng(1))
+
+
+def test_masks_follow_attributes(preset):
+    rng = np.random.default_rng(21)
+
+    def drawn(morphology: str, size: str, n: int = 120) -> tuple[list[MaskParams], dict[str, float]]:
+        params = [sample_mask_params(preset, {"morphology": morphology, "size": size}, FieldOfView.full(), rng)
+                  for _ in range(n)]
+        rows = [mask_stats(draw_mask(p, 256, 256)) for p in params]
+        return params, {key: float(np.mean([row[key] for row in rows])) for key in KS_STATS}
+
+    areas = [drawn("0-Is", size, 60)[1]["area_fraction"] for size in SIZE]
+    assert areas == sorted(areas) and areas[-1] > 5 * areas[0]
+    sessile = drawn("0-Is", "large")[1]
+    pedunculated, stalked = drawn("0-Ip", "large")
+    assert np.mean([p.lesions[0].stalk is not None for p in pedunculated]) > 0.6
+    assert stalked["eccentricity"] > sessile["eccentricity"] + 0.05
+    assert stalked["solidity"] < sessile["solidity"] - 0.05
+    for flat in ("0-IIa", "0-IIb"):
+        stats = drawn(flat, "large")[1]
+        assert stats["eccentricity"] > sessile["eccentricity"] + 0.1
+        assert stats["solidity"] < sessile["solidity"]
+    assert all(p.morphology == "0-Ip" and p.size == "large" for p in pedunculated)
+
+
+@pytest.mark.parametrize("radius", [0.9, 0.35])
+def test_placement_stays_inside_the_field_of_view(preset, radius):
+    fov = disc_fov(radius=radius)
+    rng = np.random.default_rng(4)
+    visible = fov.to_mask(640, 480)
+    for i in range(150):
+        attributes = bank_attributes(rng) if i % 2 else {"size": "giant"}
+        params = sample_mask_params(preset, attributes, fov, rng)
+        mask = draw_mask(params, 640, 480)
+        assert mask.any()
+        assert not np.any((mask > 0) & ~visible), params
+        assert not np.any((draw_mask(params, 320, 240) > 0) & ~fov.to_mask(320, 240))
+
+
+def test_a_field_of_view_without_tissue_is_refused(preset):
+    with pytest.raises(ValueError, match="no visible"):
+        sample_mask_params(preset, {}, FieldOfView(np.zeros((48, 64), bool)), np.random.default_rng(0))
+
+
+def test_unknown_attribute_value_names_it(preset):
+    with pytest.raises(MaskPresetError, match="0-III"):
+        sample_mask_params(preset, {"morphology": "0-III"}, FieldOfView.full(), np.random.default_rng(0))
+
+
+def test_preset_round_trips_through_yaml(tmp_path, preset):
+    path = tmp_path / "copy.yaml"
+    preset.save(path)
+    assert path.read_text().startswith("# polyp-synth mask preset")
+    again = MaskPreset.load(path)
+    assert again == preset and again.digest() == preset.digest()
+    assert again.model_copy(update={"band_strength": 0.5}).digest() != preset.digest()
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d.update(colour="red"), "colour: unknown key"),
+        (lambda d: d["second_lesion"].update(probability=-0.1), "second_lesion.probability"),
+        (lambda d: d["morphologies"]["0-Ip"]["stalk"].update(width=[0.5]), "morphologies.0-Ip.stalk.width"),
+        (lambda d: d["size_classes"]["giant"].update(band=[0.95, 1.0]), "size_classes.*.band"),
+        (lambda d: d.update(area_fraction=[0.2, 0.1]), "area_fraction"),
+    ],
+)
+def test_bad_preset_files_name_the_field(tmp_path, edit, field):
+    data = yaml.safe_load(DEFAULT.read_text())
+    edit(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(MaskPresetError, match=str(path)) as error:
+        MaskPreset.load(path)
+    assert field in str(error.value)
+
+
+def test_missing_preset_file(tmp_path):
+    with pytest.raises(MaskPresetError, match="not found"):
+        MaskPreset.load(tmp_path / "nope.yaml")
