@@ -1,0 +1,163 @@
+"""The plan: (config, seed) -> one row per sample, grouped into shards. Cheap, deterministic, once.
+
+Everything that decides *what* a sample is gets fixed here (frame, prompt and attributes, mask
+parameters, generator seed), so the GPU stage only executes and a re-run regenerates the very same
+samples. Each random stream is consumed sample by sample in order, so the first N samples of a
+plan do not depend on how many samples were planned (`--n` is a prefix of the full job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__, storage
+from pipeline.config import JobConfig
+from pipeline.errors import ShardError
+from pipeline.frames import FrameCatalog, build_catalog
+from pipeline.masks import MaskPreset, sample_mask_params
+from pipeline.progress import progress_bar
+from pipeline.prompts import PromptBank
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.parquet"
+# Engine settings that change a sample's pixels, and therefore its identity. Batch size and device
+# are deliberately absent: the same sample comes out of any batch on any device.
+_PIXEL_SETTINGS = (
+    "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
+    "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
+)
+
+
+def sample_seed(run_seed: int, index: int) -> int:
+    """Generator seed of sample `index`: a hash, so neighbouring samples get unrelated noise."""
+    digest = hashlib.sha256(f"polyp-synth/{run_seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # fits int64
+
+
+def sample_id(definition: dict[str, Any]) -> str:
+    """Content hash of everything that defines a sample's pixels and label."""
+    blob = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan table plus the provenance it was made from (stored as Parquet schema metadata)."""
+
+    table: pa.Table
+    meta: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.meta["run_id"]
+
+    @property
+    def num_samples(self) -> int:
+        return self.table.num_rows
+
+    @cached_property
+    def shard_indices(self) -> list[int]:
+        return sorted(set(self.table.column("shard_index").to_pylist()))
+
+    @cached_property
+    def _rows_by_shard(self) -> dict[int, list[dict[str, Any]]]:
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        for row in self.table.to_pylist():
+            grouped.setdefault(row["shard_index"], []).append(row)
+        return grouped
+
+    def shard_rows(self, shard_index: int) -> list[dict[str, Any]]:
+        return self._rows_by_shard[shard_index]
+
+    @cached_property
+    def digest(self) -> str:
+        ids = "\n".join(self.table.column("sample_id").to_pylist())
+        return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+    def write(self, run_dir: str) -> str:
+        url = storage.join(run_dir, PLAN_FILE)
+        table = self.table.replace_schema_metadata({"polyp_synth": json.dumps(self.meta)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        storage.write_bytes_atomic(url, sink.getvalue().to_pybytes())
+        return url
+
+    @classmethod
+    def read(cls, run_dir: str) -> Plan:
+        url = storage.join(run_dir, PLAN_FILE)
+        try:
+            table = pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+        except FileNotFoundError:
+            raise ShardError(f"{url}: no plan here; run `polyp-synth plan` first") from None
+        meta = json.loads(table.schema.metadata[b"polyp_synth"])
+        return cls(table.replace_schema_metadata(None), meta)
+
+
+def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None) -> Plan:
+    """Turn a job config into its plan; `n` plans only the first n samples of the job."""
+    total = min(n, config.samples) if n else config.samples
+    catalog = catalog or build_catalog(
+        config.frames.source, config.frames.min_size, config.frames.limit, progress=True
+    )
+    bank = PromptBank.load(config.prompts.bank)
+    preset = MaskPreset.load(config.masks.preset)
+
+    prompts = bank.sample_many(total, config.seed)
+    frame_order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
+    mask_rng = np.random.default_rng([config.seed, 2])
+    engine = {key: getattr(config.engine, key) for key in _PIXEL_SETTINGS}
+
+    rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    for index in progress_bar(range(total), "planning", total=total):
+        frame = catalog.records[frame_order[index % len(frame_order)]]
+        prompt = prompts[index]
+        mask_params = sample_mask_params(preset, prompt.attributes, frame.fov, mask_rng).to_dict()
+        seed = sample_seed(config.seed, index)
+        definition = {
+            "frame": frame.sha256, "prompt": prompt.text, "negative_prompt": prompt.negative,
+            "mask": mask_params, "seed": seed, "engine": engine,
+        }
+        for name, value in (
+            ("sample_id", sample_id(definition)), ("plan_index", index),
+            ("shard_index", index // config.shard_size), ("seed", seed),
+            ("source_frame", frame.uri), ("source_sha256", frame.sha256),
+            ("frame_width", frame.width), ("frame_height", frame.height),
+            ("prompt", prompt.text), ("negative_prompt", prompt.negative),
+            ("attributes", prompt.attributes), ("mask_params", json.dumps(mask_params, sort_keys=True)),
+        ):
+            rows[name].append(value)
+
+    table = pa.table({name: pa.array(values, type=_COLUMNS[name]) for name, values in rows.items()})
+    meta = {
+        "run_id": config.resolved_run_id(),
+        "config": config.model_dump(mode="json"),
+        "config_digest": config.digest(),
+        "frames": {"source": catalog.source, "digest": catalog.digest(), "usable": len(catalog.records),
+                   "skipped": [{"uri": s.uri, "reason": s.reason} for s in catalog.skipped]},
+        "prompt_bank": {"path": config.prompts.bank, "digest": bank.digest()},
+        "mask_preset": {"path": config.masks.preset, "digest": preset.digest()},
+        "pipeline_version": __version__,
+    }
+    log.info("planned %d samples in %d shards from %d frames", total,
+             -(-total // config.shard_size), len(catalog.records))
+    return Plan(table, meta)
+
+
+_COLUMNS: dict[str, pa.DataType | None] = {
+    "sample_id": pa.string(), "plan_index": pa.int64(), "shard_index": pa.int32(), "seed": pa.int64(),
+    "source_frame": pa.string(), "source_sha256": pa.string(),
+    "frame_width": pa.int32(), "frame_height": pa.int32(),
+    "prompt": pa.string(), "negative_prompt": pa.string(),
+    "attributes": None,  # a struct whose fields are the prompt bank's axes: inferred
+    "mask_params": pa.string(),
+}
