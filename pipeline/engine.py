@@ -53,7 +53,26 @@ class _DropVaeCastWarning(logging.Filter):
         return "should be kept in float32" not in record.getMessage()
 
 
+class _TruncationWarningOnce(logging.Filter):
+    """The pipeline warns on every batch whose prompt exceeds CLIP's 77 tokens; once per process says it
+    (the default bank stays under 77 real CLIP tokens; the tiny test tokenizer counts characters)."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "can only handle sequences up to" not in record.getMessage():
+            return True
+        first, _TruncationWarningOnce.seen = not _TruncationWarningOnce.seen, True
+        if first:
+            record.msg = "prompt longer than the text encoder's window: it is truncated (logged once per process)"
+            record.args = ()
+        return first
+
+
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropVaeCastWarning())
+logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint").addFilter(
+    _TruncationWarningOnce()
+)
 
 SCHEDULERS = {
     "euler": EulerDiscreteScheduler,

@@ -83,8 +83,8 @@ def shard_table(rows: list[dict[str, Any]], attributes_type: pa.DataType) -> pa.
 ENGINE_TYPE = pa.struct([
     ("model", pa.string()), ("revision", pa.string()), ("variant", pa.string()), ("vae", pa.string()),
     ("lora", pa.string()), ("unet_in_channels", pa.int32()), ("scheduler", pa.string()),
-    ("scheduler_class", pa.string()), ("steps", pa.int32()), ("guidance_scale", pa.float32()),
-    ("strength", pa.float32()), ("resolution", pa.int32()), ("output_resolution", pa.int32()),
+    ("scheduler_class", pa.string()), ("steps", pa.int32()), ("guidance_scale", pa.float64()),
+    ("strength", pa.float64()), ("resolution", pa.int32()), ("output_resolution", pa.int32()),
     ("dtype", pa.string()), ("device", pa.string()), ("mask_dilation", pa.int32()), ("mask_feather", pa.int32()),
     ("diffusers_version", pa.string()), ("torch_version", pa.string()),
 ])

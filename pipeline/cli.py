@@ -1,0 +1,235 @@
+"""`polyp-synth` (also `python -m pipeline`): one entry point, one subcommand per job a user has.
+
+User errors (`PolypSynthError`) end as one line on stderr and exit code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline import __version__
+from pipeline.config import JobConfig, load_config
+from pipeline.errors import ConfigError, PolypSynthError
+
+log = logging.getLogger("pipeline")
+
+
+def _job(args: argparse.Namespace) -> JobConfig:
+    path = args.config or args.job
+    if not path:
+        raise ConfigError("no job config given: pass JOB.yaml or --config JOB.yaml")
+    overrides = list(args.set or [])
+    if getattr(args, "out", None):
+        overrides.append(f"output={args.out}")
+    if getattr(args, "executor", None):
+        overrides.append(f"executor.kind={args.executor}")
+    return load_config(path, overrides)
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from pipeline.prompts import PromptBank
+
+    for sample in PromptBank.load(args.bank).sample_many(args.n, args.seed):
+        print(json.dumps(sample.to_json()))
+    return 0
+
+
+def cmd_masks_fit(args: argparse.Namespace) -> int:
+    from pipeline.mask_fit import fit_preset
+
+    preset = fit_preset(args.reference, seed=args.seed)
+    preset.save(args.out)
+    log.info("wrote preset fitted on %s to %s", args.reference, args.out)
+    return 0
+
+
+def cmd_masks_sample(args: argparse.Namespace) -> int:
+    from pipeline.mask_commands import sample_masks_to_dir
+
+    width, height = _size(args.size)
+    sample_masks_to_dir(args.preset, args.bank, args.n, width, height, args.seed, args.out)
+    return 0
+
+
+def cmd_masks_check(args: argparse.Namespace) -> int:
+    from pipeline.mask_commands import check_against_reference
+
+    report = check_against_reference(args.preset, args.bank, args.reference, args.n, args.seed)
+    print(json.dumps(report, indent=2))
+    return 0 if report["pass"] else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.plan import build_plan
+
+    config = _job(args)
+    plan = build_plan(config, args.n)
+    url = plan.write(config.run_dir())
+    print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
+          f"({plan.meta['frames']['usable']} frames, {len(plan.meta['frames']['skipped'])} skipped)")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pipeline import preview
+
+    if args.config:
+        config = load_config(args.config, list(args.set or []))
+        preview.plan_sheet(config, args.n, args.out)
+    elif args.job:
+        preview.run_sheet(args.job, args.n, args.out)
+    else:
+        raise ConfigError("preview needs a RUN_DIR or --config JOB.yaml")
+    print(args.out)
+    return 0
+
+
+def cmd_build_tiny_model(args: argparse.Namespace) -> int:
+    from pipeline.tiny_model import build_tiny_model
+
+    print(build_tiny_model(args.dir, unet_channels=args.unet_channels))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_generate
+
+    config = _job(args)
+    summary = run_generate(config, _executor(config), args.n)
+    print(summary.line())
+    return 0 if summary.ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """generate → gate → export; gate and export join as those stages land."""
+    return cmd_generate(args)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect_run import summarise_run
+
+    print(summarise_run(args.run_dir))
+    return 0
+
+
+def _executor(config: JobConfig):
+    if config.executor.kind == "ray":
+        from pipeline.ray_executor import RayExecutor
+
+        return RayExecutor()
+    from pipeline.local_executor import LocalExecutor
+
+    return LocalExecutor()
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1024x1024") from None
+    if width <= 0 or height <= 0:
+        raise ConfigError(f"--size {text!r}: both sides must be positive")
+    return width, height
+
+
+def _job_arguments(parser: argparse.ArgumentParser, n_help: str = "only the first N samples of the job",
+                   out_help: str = "output root (local path or fsspec URL); the run goes to OUT/RUN_ID") -> None:
+    parser.add_argument("job", nargs="?", help="job config (YAML)")
+    parser.add_argument("--config", help="job config (YAML), same as the positional JOB")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--n", type=int, help=n_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyp-synth",
+        description="Manufacture labelled synthetic colonoscopy polyp images: plan, generate, inspect.",
+    )
+    parser.add_argument("--version", action="version", version=f"polyp-synth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = command("prompts", cmd_prompts, "print N sampled prompts (text + attributes) as JSON lines")
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bank", default="prompts/clinical.yaml")
+
+    masks = command("masks", lambda a: 0, "procedural polyp masks: fit presets, sample, check")
+    masks_sub = masks.add_subparsers(dest="masks_command", required=True, metavar="ACTION")
+    p = masks_sub.add_parser("fit", help="derive a mask preset from a folder of real masks")
+    p.set_defaults(fn=cmd_masks_fit)
+    p.add_argument("--reference", required=True, help="folder of real binary masks (*.png, *.jpg)")
+    p.add_argument("--out", required=True, help="preset YAML to write")
+    p.add_argument("--seed", type=int, default=0)
+    sample = masks_sub.add_parser("sample", help="write N mask PNGs and their parameters for inspection")
+    sample.set_defaults(fn=cmd_masks_sample)
+    sample.add_argument("--n", type=int, default=16)
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT")
+    check = masks_sub.add_parser("check", help="KS statistics of generated masks against real ones")
+    check.set_defaults(fn=cmd_masks_check)
+    check.add_argument("--reference", default="../shared/data/kvasir-seg/masks")
+    check.add_argument("--n", type=int, default=2000)
+    for p in (sample, check):
+        p.add_argument("--preset", default="masks/default.yaml")
+        p.add_argument("--bank", default="prompts/clinical.yaml", help="prompt bank the attributes come from")
+        p.add_argument("--seed", type=int, default=0)
+
+    _job_arguments(command("plan", cmd_plan, "write the run's plan (Parquet), one row per sample"))
+
+    p = command("preview", cmd_preview, "contact sheet of a plan (--config JOB) or of a run's shards (RUN_DIR)")
+    _job_arguments(p, "how many samples to draw", "PNG to write")
+    p.set_defaults(n=16, out="preview.png")
+
+    p = command("build-tiny-model", cmd_build_tiny_model, "write a small random SDXL inpainting pipeline")
+    p.add_argument("dir")
+    p.add_argument("--unet-channels", type=int, choices=(4, 9), default=9)
+
+    for name, fn, text in (
+        ("generate", cmd_generate, "plan → generate → shards"),
+        ("run", cmd_run, "the whole job: generate → gate → export"),
+    ):
+        p = command(name, fn, text)
+        _job_arguments(p)
+        p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind")
+
+    p = command("inspect", cmd_inspect, "summarise a run: shards, rows, sizes, settings")
+    p.add_argument("run_dir")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("urllib3", "botocore", "s3fs", "fsspec", "PIL", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code = args.fn(args)
+    except PolypSynthError as exc:
+        print(f"polyp-synth: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("polyp-synth: interrupted; run the same command again to resume", file=sys.stderr)
+        code = 130
+    sys.exit(code)

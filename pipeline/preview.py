@@ -1,0 +1,87 @@
+"""Contact sheets: look at a plan before spending GPU hours, and at a run's shards afterwards.
+
+Each tile is the frame (or generated image) with the label's outline drawn on it, and the prompt
+printed underneath.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline import storage
+from pipeline.config import JobConfig
+from pipeline.errors import ShardError
+from pipeline.frames import load_frame
+from pipeline.generate import output_size
+from pipeline.masks import MaskParams, draw_mask
+from pipeline.plan import build_plan
+from pipeline.shards import SHARD_DIR, decode_png, read_shard
+
+TILE = 256
+CAPTION_LINES = 6
+_OUTLINE = (0, 255, 0)
+
+
+def tile(image: np.ndarray, mask: np.ndarray, caption: str) -> Image.Image:
+    """One contact-sheet cell: image with the mask outline, caption below."""
+    scale = TILE / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    picture = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    label = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours((label > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(picture, contours, -1, _OUTLINE, 2)
+
+    font = ImageFont.load_default(size=11)
+    line_height = 13
+    cell = Image.new("RGB", (TILE, TILE + CAPTION_LINES * line_height + 6), "white")
+    cell.paste(Image.fromarray(picture), ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
+    lines = textwrap.wrap(caption, width=44)[:CAPTION_LINES]
+    draw = ImageDraw.Draw(cell)
+    for i, line in enumerate(lines):
+        draw.text((3, TILE + 3 + i * line_height), line, fill="black", font=font)
+    return cell
+
+
+def contact_sheet(cells: list[Image.Image], out: str) -> None:
+    if not cells:
+        raise ShardError("nothing to draw: no samples found")
+    columns = min(4, len(cells))
+    rows = math.ceil(len(cells) / columns)
+    width, height = cells[0].size
+    sheet = Image.new("RGB", (columns * (width + 4) + 4, rows * (height + 4) + 4), (200, 200, 200))
+    for i, cell in enumerate(cells):
+        sheet.paste(cell, (4 + (i % columns) * (width + 4), 4 + (i // columns) * (height + 4)))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def plan_sheet(config: JobConfig, n: int, out: str) -> None:
+    """Frames, planned masks and prompts of the first n samples of a job."""
+    cells = []
+    for row in build_plan(config, n).table.to_pylist():
+        width, height = output_size(row, config.engine.output_resolution)
+        frame = cv2.resize(load_frame(row["source_frame"]), (width, height), interpolation=cv2.INTER_AREA)
+        mask = draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), width, height)
+        cells.append(tile(frame, mask, row["prompt"]))
+    contact_sheet(cells, out)
+
+
+def run_sheet(run_dir: str, n: int, out: str) -> None:
+    """Generated images, label outlines and prompts of the first n samples in a run's shards."""
+    cells = []
+    for name in storage.list_names(storage.join(run_dir, SHARD_DIR)):
+        if not name.endswith(".parquet") or len(cells) >= n:
+            continue
+        table = read_shard(storage.join(run_dir, SHARD_DIR, name))
+        for row in table.select(["image", "mask", "prompt"]).slice(0, n - len(cells)).to_pylist():
+            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), row["prompt"]))
+    if not cells:
+        raise ShardError(f"{run_dir}: no shards to preview (is this a run directory?)")
+    contact_sheet(cells, out)

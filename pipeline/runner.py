@@ -1,0 +1,155 @@
+"""A run: plan (once) → generate the shards that are missing → manifest and `_SUCCESS`.
+
+Resuming is the same call as starting: the plan is reused when it matches the job, every shard that
+exists and validates is skipped, temp files of killed writers are swept, and only the rest is
+handed to the executor. The manifest and `_SUCCESS` are written last, atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline import __version__, storage
+from pipeline.config import JobConfig
+from pipeline.errors import ShardError
+from pipeline.generate import ShardResult
+from pipeline.plan import Plan, build_plan
+from pipeline.shards import SHARD_DIR, ShardInfo, shard_name, validate_shard
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+@dataclass
+class ShardFailure:
+    shard_index: int
+    error: str
+
+
+@dataclass
+class ExecutionReport:
+    """What an executor hands back: per-shard results (small stats only) and shards that gave up."""
+
+    results: list[ShardResult] = field(default_factory=list)
+    failures: list[ShardFailure] = field(default_factory=list)
+
+
+class Executor(Protocol):
+    def execute(self, plan: Plan, shard_indices: list[int], config: JobConfig, run_dir: str) -> ExecutionReport: ...
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    planned_samples: int
+    written_samples: int
+    failed_samples: int
+    shards_total: int
+    shards_skipped: int
+    failed_shards: list[ShardFailure]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_shards
+
+    def line(self) -> str:
+        text = (f"{self.run_dir}: {self.written_samples}/{self.planned_samples} samples in "
+                f"{self.shards_total - len(self.failed_shards)}/{self.shards_total} shards "
+                f"({self.shards_skipped} already done), {self.failed_samples} failed samples, "
+                f"{self.seconds:.1f}s")
+        if self.failed_shards:
+            text += "; failed shards: " + ", ".join(f"{f.shard_index} ({f.error})" for f in self.failed_shards)
+        return text
+
+
+def run_meta(plan: Plan) -> dict[str, Any]:
+    """Provenance copied into every shard's metadata."""
+    return {"run_id": plan.run_id, "pipeline_version": __version__, "plan_digest": plan.digest,
+            "config": plan.meta["config"]}
+
+
+def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
+    """The run's plan: reused when it was made from this job, so a re-run regenerates the same ids."""
+    wanted = min(n, config.samples) if n else config.samples
+    if storage.exists(storage.join(run_dir, "plan.parquet")):
+        plan = Plan.read(run_dir)
+        if plan.meta["config_digest"] == config.digest() and plan.num_samples == wanted:
+            log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
+            return plan
+        raise ShardError(
+            f"{run_dir}: holds a plan of another job (config or sample count differ); "
+            "use another run_id or output, or delete that run"
+        )
+    plan = build_plan(config, n)
+    plan.write(run_dir)
+    return plan
+
+
+def run_generate(config: JobConfig, executor: Executor, n: int | None = None) -> RunSummary:
+    start = time.monotonic()
+    run_dir = config.run_dir()
+    plan = load_or_build_plan(config, run_dir, n)
+    swept = storage.remove_stale_temps(storage.join(run_dir, SHARD_DIR))
+    if swept:
+        log.info("removed %d temp files left by interrupted writers", swept)
+    storage.remove(storage.join(run_dir, SUCCESS_FILE))  # set again only if this attempt completes
+
+    done: dict[int, ShardInfo] = {}
+    for index in plan.shard_indices:
+        info = validate_shard(run_dir, index, [r["sample_id"] for r in plan.shard_rows(index)])
+        if info is not None:
+            done[index] = info
+    todo = [index for index in plan.shard_indices if index not in done]
+    log.info("%d shards planned, %d already complete, %d to generate", len(plan.shard_indices), len(done), len(todo))
+
+    report = executor.execute(plan, todo, config, run_dir) if todo else ExecutionReport()
+    for result in report.results:
+        done[result.info.shard_index] = result.info
+    summary = RunSummary(
+        run_dir=run_dir, planned_samples=plan.num_samples,
+        written_samples=sum(info.rows for info in done.values()),
+        failed_samples=sum(len(info.failed) for info in done.values()),
+        shards_total=len(plan.shard_indices), shards_skipped=len(plan.shard_indices) - len(todo),
+        failed_shards=report.failures, seconds=time.monotonic() - start,
+    )
+    _write_manifest(run_dir, plan, done, report, summary)
+    if summary.ok:
+        storage.write_bytes_atomic(storage.join(run_dir, SUCCESS_FILE), b"")
+    log.info(summary.line())
+    return summary
+
+
+def _write_manifest(run_dir: str, plan: Plan, done: dict[int, ShardInfo], report: ExecutionReport,
+                    summary: RunSummary) -> None:
+    stage_seconds: dict[str, float] = {}
+    for result in report.results:
+        for stage, seconds in result.seconds.items():
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
+    manifest = {
+        "run_id": plan.run_id,
+        "plan_digest": plan.digest,
+        "pipeline_version": __version__,
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": summary.ok,
+        "samples": {"planned": summary.planned_samples, "written": summary.written_samples,
+                    "failed": summary.failed_samples},
+        "shards": [
+            {"index": i, "file": f"{SHARD_DIR}/{shard_name(i)}", "rows": info.rows, "failed": len(info.failed),
+             "bytes": info.bytes, "sha256": info.sha256}
+            for i, info in sorted(done.items())
+        ],
+        "failed_samples": [{"shard_index": i, **entry} for i, info in sorted(done.items()) for entry in info.failed],
+        "failed_shards": [{"shard_index": f.shard_index, "error": f.error} for f in report.failures],
+        "timings": {"wall_seconds": round(summary.seconds, 3),
+                    "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())}},
+        "config": plan.meta["config"],
+    }
+    storage.write_bytes_atomic(storage.join(run_dir, MANIFEST_FILE), json.dumps(manifest, indent=2).encode())
