@@ -1,0 +1,193 @@
+"""Ray executor: one long-lived actor per GPU, whole shards as the unit of work and of retry.
+
+Actors load the model once and write shards straight to the output location; only small
+`ShardResult`s travel back. The driver keeps at most one shard in flight per actor, so nothing
+queues behind a dead actor, and every wait has a timeout. An actor that dies (OOM-kill, node loss,
+`ray.kill`) is replaced and its shard retried elsewhere, up to `executor.shard_retries` times.
+
+Resources are reserved explicitly (`num_gpus`, fractional `num_cpus`) so that on a small machine
+the actors never hold every CPU and starve the tasks Ray itself needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from pipeline.config import JobConfig
+from pipeline.errors import ExecutorError
+from pipeline.generate import ShardResult, WorkerFactory, make_worker
+from pipeline.plan import Plan
+from pipeline.progress import ProgressReporter
+from pipeline.runner import ExecutionReport, ShardFailure, run_meta
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "polyp-synth"
+ACTOR_START_TIMEOUT_S = 900.0  # loading SDXL from a cold cache on a busy node can take minutes
+
+
+class ShardActor:
+    """Holds one engine; `generate` turns a shard's plan rows into a written shard."""
+
+    def __init__(self, factory: WorkerFactory, config: JobConfig, run_dir: str, meta: dict[str, Any],
+                 attributes_type: Any):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.worker = factory(config, run_dir, meta, attributes_type)
+
+    def ready(self) -> str:
+        return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def generate(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult:
+        return self.worker.run(shard_index, rows)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster (`address`, `RAY_ADDRESS`, or 'auto'); start a local Ray when there is none."""
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
+        log.info("joined Ray cluster at %s", target)
+    except ConnectionError:
+        if address:
+            raise ExecutorError(f"executor.address: no Ray cluster answers at {address!r}") from None
+        ray.init(logging_level=logging.WARNING)
+        log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
+
+
+def worker_count(config: JobConfig, gpus_available: float, shards: int) -> int:
+    """One actor per GPU the cluster has (or one CPU actor), never more than there is work for."""
+    per_worker = config.executor.num_gpus_per_worker
+    if config.executor.max_workers:
+        wanted = config.executor.max_workers
+    elif gpus_available and per_worker:
+        wanted = int(gpus_available // per_worker)
+    else:
+        wanted = 1
+    return max(1, min(wanted, shards))
+
+
+@dataclass
+class _Slot:
+    """One actor and the shard it is working on."""
+
+    name: str
+    actor: Any
+    shard: int | None = None
+    ref: Any = None
+    since: float = 0.0
+    status: str = "starting"
+
+
+class RayExecutor:
+    def __init__(self, worker_factory: WorkerFactory = make_worker):
+        self.worker_factory = worker_factory
+
+    def execute(self, plan: Plan, shard_indices: list[int], config: JobConfig, run_dir: str) -> ExecutionReport:
+        connect(config.executor.address)
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        num_gpus = config.executor.num_gpus_per_worker if gpus else 0.0
+        count = worker_count(config, gpus, len(shard_indices))
+        actor_class = ray.remote(num_gpus=num_gpus, num_cpus=config.executor.num_cpus_per_worker,
+                                 max_restarts=0, max_concurrency=1)(ShardActor)
+        meta, attributes_type = run_meta(plan), plan.table.schema.field("attributes").type
+        log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus,
+                 config.executor.num_cpus_per_worker)
+
+        def spawn(i: int) -> _Slot:
+            # Named (run, driver, index) so operators and tests can find a run's workers.
+            name = f"{plan.run_id}/{os.getpid()}/w{i}"
+            actor = actor_class.options(name=name, namespace=NAMESPACE).remote(
+                self.worker_factory, config, run_dir, meta, attributes_type)
+            return _Slot(f"w{i}", actor)
+
+        slots = [spawn(i) for i in range(count)]
+        self._wait_ready(slots)
+        report = ExecutionReport()
+        queue = list(shard_indices)
+        attempts = {index: 0 for index in shard_indices}
+        samples = sum(len(plan.shard_rows(i)) for i in shard_indices)
+        spawned = count
+        timeout = config.executor.timeout_s
+
+        with ProgressReporter("generating", total=samples, unit="samples") as progress:
+            while queue or any(slot.shard is not None for slot in slots):
+                for slot in slots:
+                    if slot.shard is None and queue:
+                        slot.shard = queue.pop(0)
+                        slot.ref = slot.actor.generate.remote(slot.shard, plan.shard_rows(slot.shard))
+                        slot.since, slot.status = time.monotonic(), f"shard {slot.shard}"
+                busy = [slot for slot in slots if slot.shard is not None]
+                done, _ = ray.wait([slot.ref for slot in busy], num_returns=1, timeout=min(timeout, 10.0))
+                now = time.monotonic()
+                for slot in busy:
+                    if slot.ref not in done:
+                        if now - slot.since > timeout:
+                            raise ExecutorError(
+                                f"worker {slot.name} produced nothing for shard {slot.shard} in {timeout:.0f}s "
+                                "(executor.timeout_s); is the cluster short of GPUs or the model stuck?"
+                            )
+                        continue
+                    index, slot.shard = slot.shard, None
+                    try:
+                        result: ShardResult = ray.get(slot.ref, timeout=60)
+                    except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+                        error = _describe(exc)
+                        attempts[index] += 1
+                        log.warning("shard %d failed on worker %s (attempt %d): %s", index, slot.name,
+                                    attempts[index], error)
+                        if attempts[index] > config.executor.shard_retries:
+                            report.failures.append(ShardFailure(index, error))
+                            progress.update(len(plan.shard_rows(index)), extra=f"shard {index} FAILED")
+                        else:
+                            queue.append(index)
+                        if isinstance(exc, RayActorError):
+                            replacement = spawn(spawned)
+                            spawned += 1
+                            log.warning("worker %s died; replacing it with %s", slot.name, replacement.name)
+                            slots[slots.index(slot)] = replacement
+                        continue
+                    report.results.append(result)
+                    slot.status = "idle"
+                    progress.update(result.info.rows + len(result.info.failed),
+                                    extra=" ".join(f"{s.name}:{s.status}" for s in slots))
+        for slot in slots:
+            ray.kill(slot.actor)
+        return report
+
+    @staticmethod
+    def _wait_ready(slots: list[_Slot]) -> None:
+        refs = {slot.actor.ready.remote(): slot for slot in slots}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
+        if pending:
+            names = ", ".join(refs[ref].name for ref in pending)
+            raise ExecutorError(
+                f"workers {names} did not start within {ACTOR_START_TIMEOUT_S:.0f}s: the cluster lacks the "
+                "requested resources (executor.num_gpus_per_worker / num_cpus_per_worker) or the model failed to load"
+            )
+        for ref in ready:
+            try:
+                refs[ref].status = f"ready on {ray.get(ref)}"
+            except (RayActorError, RayTaskError) as exc:
+                raise ExecutorError(f"worker {refs[ref].name} failed to start: {_describe(exc)}") from None
+            log.info("worker %s %s", refs[ref].name, refs[ref].status)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return f"{type(cause).__name__}: {str(cause).splitlines()[-1] if str(cause) else ''}"
+    if isinstance(exc, RayActorError):
+        return "worker process died"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,151 @@
+"""The Ray executor on a real local cluster started by the test: job submission, fault injection,
+and the same pixels whatever the number of workers."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.plan import Plan
+from pipeline.shards import SHARD_DIR, decode_png
+from pipeline.storage import TEMP_PREFIX
+
+ROOT = Path(__file__).parents[1]
+DATA = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Ray head (with the job server) on this machine, with token authentication as Ray
+    clusters have it by default; every client below (job CLI, drivers, this test) gets the token."""
+    port, dashboard = free_port(), free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
+            # job entrypoints find `polyp-synth` on PATH, as on a cluster node built from the Dockerfile
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    "--disable-usage-stats"], check=True, timeout=180, capture_output=True)
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], timeout=120, capture_output=True)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def cli(*args, address, env_extra=None):
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return [str(BIN / "polyp-synth"), *args], env
+
+
+def job_args(out, model, job=str(ROOT / "jobs/smoke.yaml"), **overrides):
+    settings = {"frames.source": str(DATA / "normal-mucosa"), "engine.model": str(model), **overrides}
+    return ["run", job, "--out", str(out), "--executor", "ray",
+            *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]
+
+
+def all_ids(run_dir):
+    return [i for p in sorted((Path(run_dir) / SHARD_DIR).glob("*.parquet"))
+            for i in pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist()]
+
+
+def assert_exactly_once(run_dir):
+    planned = Plan.read(str(run_dir)).table.column("sample_id").to_pylist()
+    counts = Counter(all_ids(run_dir))
+    assert set(counts) == set(planned) and max(counts.values()) == 1
+    assert not list(Path(run_dir).rglob(f"{TEMP_PREFIX}*"))
+    assert (Path(run_dir) / "_SUCCESS").exists()
+
+
+def test_ray_job_submit_runs_the_smoke_job(cluster, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    entry = ["polyp-synth", *job_args(out, tiny_model_dir, job="jobs/smoke.yaml")]  # relative: the uploaded copy
+    env = {**os.environ, "RAY_ADDRESS": cluster["dashboard"]}
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--working-dir", str(ROOT), "--runtime-env",
+         str(ROOT / "jobs/runtime_env.yaml"), "--", *entry],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout.lower()
+    assert "generating" in done.stdout  # driver progress reaches `ray job logs`
+    assert_exactly_once(out / "smoke")
+
+
+def actor_processes():
+    """Live worker processes that host a shard actor (Ray titles them `ray::ShardActor...`)."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::ShardActor")]
+
+
+def test_killed_actor_is_replaced_and_its_shard_retried(cluster, tmp_path, tiny_model_dir):
+    args, env = cli(*job_args(tmp_path, tiny_model_dir, samples=16, **{"executor.max_workers": 2}),
+                    address=cluster["address"])
+    driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    victims = []
+    while not victims and time.monotonic() < deadline and driver.poll() is None:
+        if list((tmp_path / "smoke" / SHARD_DIR).glob("*.parquet")):
+            victims = actor_processes()
+        time.sleep(0.1)
+    assert victims, "no worker seen before the run ended"
+    victims[0].send_signal(signal.SIGKILL)
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output[-3000:]
+    assert "died; replacing it" in output
+    assert_exactly_once(tmp_path / "smoke")
+
+
+def test_killed_driver_then_rerun_loses_nothing(cluster, tmp_path, tiny_model_dir):
+    args, env = cli(*job_args(tmp_path, tiny_model_dir, samples=16), address=cluster["address"])
+    driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "smoke" / SHARD_DIR
+    deadline = time.monotonic() + 300
+    while not list(shards.glob("*.parquet")) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    partial = len(list(shards.glob("*.parquet")))
+    assert 0 < partial < 4 and not (tmp_path / "smoke" / "_SUCCESS").exists()
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{partial} already done" in rerun.stdout
+    assert_exactly_once(tmp_path / "smoke")
+
+
+def test_two_workers_make_the_same_shards_as_one(cluster, tmp_path, tiny_model_dir):
+    images = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        args, env = cli(*job_args(out, tiny_model_dir, **{"executor.max_workers": workers}), address=cluster["address"])
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        manifest = json.loads((out / "smoke" / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["samples"]["written"] == 8
+        images[workers] = {r["sample_id"]: decode_png(r["image"]["bytes"])
+                           for p in sorted((out / "smoke" / SHARD_DIR).glob("*.parquet"))
+                           for r in pq.read_table(p).to_pylist()}
+    assert images[1].keys() == images[2].keys()
+    for key, picture in images[1].items():
+        assert np.array_equal(picture, images[2][key])
