@@ -34,6 +34,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int], cover: Literal["half", 
     touches (a region the model must repaint, so that nothing of it is missed).
     """
     height, width = mask.shape[:2]
+    if (width, height) == tuple(size):
+        return np.where(mask > 0, 255, 0).astype(np.uint8)
     shrinking = size[0] * size[1] < width * height
     covered = cv2.resize(
         (mask > 0).astype(np.float32),
@@ -44,22 +46,35 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int], cover: Literal["half", 
     return np.where(inside, 255, 0).astype(np.uint8)
 
 
+def _window(label: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The label's bounding box grown by `margin` pixels, clipped to the image."""
+    x, y, w, h = cv2.boundingRect(label.astype(np.uint8))
+    height, width = label.shape
+    return (slice(max(0, y - margin), min(height, y + h + margin)),
+            slice(max(0, x - margin), min(width, x + w + margin)))
+
+
 def repaint_region(mask: np.ndarray, dilation_px: int, feather_px: int) -> np.ndarray:
     """Blend weight of the generated image: float32 HxW in [0, 1].
 
     alpha is 1 on the label and up to `dilation_px` from it (so the polyp's surroundings can adapt),
     then falls linearly to 0 at `dilation_px + feather_px` (a soft seam OUTSIDE the dilated label),
-    and is exactly 0 beyond. Distances are Euclidean, so the region grows round, not square.
+    and is exactly 0 beyond. Distances are Euclidean, so the region grows round, not square. Only the
+    label's neighbourhood is computed: every pixel farther away than the seam is 0 anyway.
     """
     label = mask > 0
+    alpha = np.zeros(mask.shape[:2], np.float32)
     if not label.any():
-        return np.zeros(mask.shape[:2], np.float32)
+        return alpha
+    window = _window(label, dilation_px + feather_px + 1)
     # distance of every pixel to the nearest label pixel (0 on the label)
-    distance = cv2.distanceTransform(np.where(label, 0, 255).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = cv2.distanceTransform(np.where(label[window], 0, 255).astype(np.uint8), cv2.DIST_L2,
+                                     cv2.DIST_MASK_PRECISE)
     if feather_px == 0:
-        return (distance <= dilation_px).astype(np.float32)
-    alpha = (dilation_px + feather_px - distance) / feather_px
-    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+        alpha[window] = distance <= dilation_px
+    else:
+        alpha[window] = np.clip((dilation_px + feather_px - distance) / feather_px, 0.0, 1.0)
+    return alpha
 
 
 def composite(source: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -68,7 +83,13 @@ def composite(source: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> n
         raise ValueError(
             f"composite: source {source.shape}, generated {generated.shape} and alpha {alpha.shape} differ in size"
         )
-    weight = alpha[..., None]
-    blended = weight * generated.astype(np.float32) + (1.0 - weight) * source.astype(np.float32)
+    result = source.copy()
+    region = alpha > 0
+    if not region.any():
+        return result
+    window = _window(region, 0)  # blend only where alpha can be non-zero
+    weight = alpha[window][..., None]
+    blended = weight * generated[window].astype(np.float32) + (1.0 - weight) * source[window].astype(np.float32)
     blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return np.where(weight > 0, blended, source)
+    result[window] = np.where(weight > 0, blended, source[window])
+    return result
