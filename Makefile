@@ -1,6 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
-PYTHON ?= python3
-VENV   ?= .venv
+PYTHON   ?= python3
+VENV     ?= .venv
+EXECUTOR ?= local   # `make demo EXECUTOR=ray` runs the same job through Ray
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -16,7 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/polyp-synth run jobs/demo.yaml
+	$(BIN)/polyp-synth run jobs/demo.yaml --executor $(strip $(EXECUTOR))
+	$(BIN)/polyp-synth inspect runs/demo
+	$(BIN)/polyp-synth preview runs/demo --n 16 --out runs/demo/contact_sheet.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

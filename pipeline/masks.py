@@ -268,7 +268,24 @@ class MaskParams:
     vertices: int
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        """Plain JSON types, built by hand: plans call this once per sample, 100,000 times."""
+        return {
+            "lesions": [
+                {
+                    "center": [float(lesion.center[0]), float(lesion.center[1])],
+                    "scale": float(lesion.scale),
+                    "aspect": float(lesion.aspect),
+                    "rotation": float(lesion.rotation),
+                    "harmonics": [[int(k), float(a), float(p)] for k, a, p in lesion.harmonics],
+                    "stalk": {key: float(value) for key, value in vars(lesion.stalk).items()} if lesion.stalk else None,
+                }
+                for lesion in self.lesions
+            ],
+            "morphology": self.morphology,
+            "size": self.size,
+            "area_fraction": float(self.area_fraction),
+            "vertices": int(self.vertices),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MaskParams:

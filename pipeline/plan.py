@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,10 +26,11 @@ import pyarrow.parquet as pq
 from pipeline import __version__, storage
 from pipeline.config import JobConfig
 from pipeline.errors import ShardError
+from pipeline.fov import FieldOfView
 from pipeline.frames import FrameCatalog, build_catalog
 from pipeline.masks import MaskPreset, sample_mask_params
 from pipeline.progress import progress_bar
-from pipeline.prompts import PromptBank
+from pipeline.prompts import PromptBank, PromptSample
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,9 @@ def sample_seed(run_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # fits int64
 
 
-def sample_id(definition: dict[str, Any]) -> str:
+def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, seed: int, engine_json: str) -> str:
     """Content hash of everything that defines a sample's pixels and label."""
-    blob = json.dumps(definition, sort_keys=True, separators=(",", ":")).encode()
+    blob = "\x1f".join((frame_sha256, prompt, negative, mask_json, str(seed), engine_json)).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
@@ -103,6 +108,47 @@ class Plan:
         return cls(table.replace_schema_metadata(None), meta)
 
 
+_CHUNK = 2000  # samples per mask-sampling task
+_worker_state: dict[str, Any] = {}
+
+
+def _init_mask_worker(preset: MaskPreset, fovs: list[FieldOfView]) -> None:
+    _worker_state.update(preset=preset, fovs=fovs)
+
+
+def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames: list[int]) -> list[str]:
+    """Mask parameters (JSON) of samples start, start+1, …: each from its own random stream, so any
+    chunk can be computed anywhere and the result does not depend on how the plan was split."""
+    preset, fovs = _worker_state["preset"], _worker_state["fovs"]
+    return [
+        json.dumps(sample_mask_params(preset, attrs, fovs[frame], np.random.default_rng([seed, 2, start + i])).to_dict())
+        for i, (attrs, frame) in enumerate(zip(attributes, frames))
+    ]
+
+
+def _main_is_importable() -> bool:
+    """Spawned workers re-import `__main__`; a script read from stdin cannot be, and would hang them."""
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
+def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, prompts: list[PromptSample],
+                  frames: list[int]) -> list[str]:
+    """Mask parameters of every sample, over all cores for large plans (the costly part of planning)."""
+    fovs = [record.fov for record in catalog.records]
+    chunks = [(config.seed, start, [p.attributes for p in prompts[start:start + _CHUNK]], frames[start:start + _CHUNK])
+              for start in range(0, len(prompts), _CHUNK)]
+    workers = min(len(chunks), os.cpu_count() or 1) if _main_is_importable() else 1
+    if workers <= 1:
+        _init_mask_worker(preset, fovs)
+        return [mask for chunk in progress_bar(chunks, "planning masks", len(chunks), "chunks")
+                for mask in _mask_chunk(*chunk)]
+    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Ray, progress)
+    with ProcessPoolExecutor(workers, context, initializer=_init_mask_worker, initargs=(preset, fovs)) as pool:
+        results = pool.map(_mask_chunk, *zip(*chunks))
+        return [mask for chunk in progress_bar(results, "planning masks", len(chunks), "chunks") for mask in chunk]
+
+
 def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None) -> Plan:
     """Turn a job config into its plan; `n` plans only the first n samples of the job."""
     total = min(n, config.samples) if n else config.samples
@@ -113,27 +159,23 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     preset = MaskPreset.load(config.masks.preset)
 
     prompts = bank.sample_many(total, config.seed)
-    frame_order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
-    mask_rng = np.random.default_rng([config.seed, 2])
-    engine = {key: getattr(config.engine, key) for key in _PIXEL_SETTINGS}
+    order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
+    frames = [int(order[index % len(order)]) for index in range(total)]
+    masks = _sample_masks(config, preset, catalog, prompts, frames)
+    engine_json = json.dumps({key: getattr(config.engine, key) for key in _PIXEL_SETTINGS}, sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-    for index in progress_bar(range(total), "planning", total=total):
-        frame = catalog.records[frame_order[index % len(frame_order)]]
-        prompt = prompts[index]
-        mask_params = sample_mask_params(preset, prompt.attributes, frame.fov, mask_rng).to_dict()
+    for index, (prompt, mask_json) in enumerate(zip(prompts, masks)):
+        frame = catalog.records[frames[index]]
         seed = sample_seed(config.seed, index)
-        definition = {
-            "frame": frame.sha256, "prompt": prompt.text, "negative_prompt": prompt.negative,
-            "mask": mask_params, "seed": seed, "engine": engine,
-        }
         for name, value in (
-            ("sample_id", sample_id(definition)), ("plan_index", index),
+            ("sample_id", sample_id(frame.sha256, prompt.text, prompt.negative, mask_json, seed, engine_json)),
+            ("plan_index", index),
             ("shard_index", index // config.shard_size), ("seed", seed),
             ("source_frame", frame.uri), ("source_sha256", frame.sha256),
             ("frame_width", frame.width), ("frame_height", frame.height),
             ("prompt", prompt.text), ("negative_prompt", prompt.negative),
-            ("attributes", prompt.attributes), ("mask_params", json.dumps(mask_params, sort_keys=True)),
+            ("attributes", prompt.attributes), ("mask_params", mask_json),
         ):
             rows[name].append(value)
 

@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.config import JobConfig
-from pipeline.errors import ExecutorError
+from pipeline.errors import ExecutorError, PolypSynthError
 from pipeline.generate import ShardResult, WorkerFactory, make_worker
 from pipeline.plan import Plan
 from pipeline.progress import ProgressReporter
@@ -39,9 +39,17 @@ class ShardActor:
     def __init__(self, factory: WorkerFactory, config: JobConfig, run_dir: str, meta: dict[str, Any],
                  attributes_type: Any):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.worker = factory(config, run_dir, meta, attributes_type)
+        # A user error (bad model path…) is kept and raised by `ready`, so the driver can print it as
+        # it is instead of a bare "actor died".
+        self.error: PolypSynthError | None = None
+        try:
+            self.worker = factory(config, run_dir, meta, attributes_type)
+        except PolypSynthError as exc:
+            self.error = exc
 
     def ready(self) -> str:
+        if self.error is not None:
+            raise self.error
         return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
 
     def pid(self) -> int:
@@ -179,7 +187,11 @@ class RayExecutor:
         for ref in ready:
             try:
                 refs[ref].status = f"ready on {ray.get(ref)}"
-            except (RayActorError, RayTaskError) as exc:
+            except RayTaskError as exc:
+                if isinstance(exc.cause, PolypSynthError):
+                    raise exc.cause from None
+                raise ExecutorError(f"worker {refs[ref].name} failed to start: {_describe(exc)}") from None
+            except RayActorError as exc:
                 raise ExecutorError(f"worker {refs[ref].name} failed to start: {_describe(exc)}") from None
             log.info("worker %s %s", refs[ref].name, refs[ref].status)
 
