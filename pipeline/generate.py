@@ -1,9 +1,9 @@
 """Turn one shard of the plan into a written Parquet shard. Shared by every executor.
 
 The worker holds the engine (loaded once per process) and knows nothing of Ray: the local executor
-calls it in-process, the Ray executor inside an actor. A sample that fails (its frame no longer
-decodes, the model raises on its batch) is recorded with its reason and the shard completes with
-the rest.
+calls it in-process, the Ray executor inside an actor. A sample whose input fails (its frame no
+longer decodes) is recorded with its reason and the shard completes with the rest; a model failure
+(CUDA out of memory even for one sample, a broken node) fails the whole shard, which executors retry.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
 from pipeline import shards
+from pipeline.composite import resize_image
 from pipeline.config import JobConfig
 from pipeline.errors import PolypSynthError
 from pipeline.frames import load_frame
@@ -47,9 +47,7 @@ def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int
 def prepare_sample(row: dict[str, Any], output_resolution: int | None, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
     """The source frame at output size and its planned label mask."""
     width, height = output_size(row, output_resolution)
-    frame = timer.time("frame_load", lambda: load_frame(row["source_frame"]))
-    if frame.shape[:2] != (height, width):
-        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"]), (width, height)))
     mask = timer.time("mask", lambda: draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), width, height))
     return frame, mask
 

@@ -31,5 +31,5 @@ class LocalExecutor:
                     report.failures.append(ShardFailure(index, f"{type(exc).__name__}: {exc}"))
                 else:
                     report.results.append(result)
-                progress.update(len(rows), extra=f"shard {index}")
+                progress.update(len(rows), extra=f"shards {len(report.results) + len(report.failures)}/{len(shard_indices)}")
         return report

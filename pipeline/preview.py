@@ -6,7 +6,6 @@ printed underneath.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -18,11 +17,10 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import storage
 from pipeline.config import JobConfig
 from pipeline.errors import ShardError
-from pipeline.frames import load_frame
-from pipeline.generate import output_size
-from pipeline.masks import MaskParams, draw_mask
+from pipeline.generate import prepare_sample
 from pipeline.plan import build_plan
 from pipeline.shards import SHARD_DIR, decode_png, read_shard
+from pipeline.timing import StageTimer
 
 TILE = 256
 CAPTION_LINES = 6
@@ -66,9 +64,7 @@ def plan_sheet(config: JobConfig, n: int, out: str) -> None:
     """Frames, planned masks and prompts of the first n samples of a job."""
     cells = []
     for row in build_plan(config, n).table.to_pylist():
-        width, height = output_size(row, config.engine.output_resolution)
-        frame = cv2.resize(load_frame(row["source_frame"]), (width, height), interpolation=cv2.INTER_AREA)
-        mask = draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), width, height)
+        frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
         cells.append(tile(frame, mask, row["prompt"]))
     contact_sheet(cells, out)
 

@@ -129,6 +129,10 @@ class RayExecutor:
         spawned = count
         timeout = config.executor.timeout_s
 
+        def status() -> str:
+            finished = len(report.results) + len(report.failures)
+            return f"shards {finished}/{len(shard_indices)} | " + " ".join(f"{s.name}:{s.status}" for s in slots)
+
         with ProgressReporter("generating", total=samples, unit="samples") as progress:
             while queue or any(slot.shard is not None for slot in slots):
                 for slot in slots:
@@ -157,7 +161,7 @@ class RayExecutor:
                                     attempts[index], error)
                         if attempts[index] > config.executor.shard_retries:
                             report.failures.append(ShardFailure(index, error))
-                            progress.update(len(plan.shard_rows(index)), extra=f"shard {index} FAILED")
+                            progress.update(len(plan.shard_rows(index)), extra=status())
                         else:
                             queue.append(index)
                         if isinstance(exc, RayActorError):
@@ -168,8 +172,7 @@ class RayExecutor:
                         continue
                     report.results.append(result)
                     slot.status = "idle"
-                    progress.update(result.info.rows + len(result.info.failed),
-                                    extra=" ".join(f"{s.name}:{s.status}" for s in slots))
+                    progress.update(result.info.rows + len(result.info.failed), extra=status())
         for slot in slots:
             ray.kill(slot.actor)
         return report

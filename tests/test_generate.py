@@ -11,11 +11,11 @@ import pytest
 from pipeline.composite import repaint_region
 from pipeline.config import config_from_dict
 from pipeline.generate import prepare_sample
-from pipeline.timing import StageTimer
 from pipeline.local_executor import LocalExecutor
 from pipeline.plan import Plan
 from pipeline.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
 from pipeline.shards import SHARD_DIR, decode_png, shard_url
+from pipeline.timing import StageTimer
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -121,3 +121,21 @@ def test_a_plan_from_another_job_is_not_silently_reused(first_run):
     changed = config.model_copy(update={"seed": 99})
     with pytest.raises(ShardError, match="plan of another job"):
         run_generate(changed, LocalExecutor())
+
+
+def test_a_run_on_object_storage(s3_server, tmp_path, tiny_model_dir):
+    import boto3
+    import datasets
+
+    from pipeline import storage
+
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="runs")
+    config = job("s3://runs/nightly", tiny_model_dir, samples=3)
+    assert run_generate(config, LocalExecutor()).ok
+    run = config.run_dir()
+    assert storage.list_names(run) == ["_SUCCESS", "manifest.json", "plan.parquet", "shards"]
+    assert run_generate(config, LocalExecutor()).shards_skipped == 1  # validated in place on S3
+    local = tmp_path / "copy.parquet"
+    local.write_bytes(storage.read_bytes(shard_url(run, 0)))
+    ds = datasets.load_dataset("parquet", data_files=str(local), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds[0]["image"].size == (96, 96) and ds[0]["mask"].mode == "L"
