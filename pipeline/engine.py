@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
+import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -60,7 +62,8 @@ class _TruncationWarningOnce(logging.Filter):
     seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "can only handle sequences up to" not in record.getMessage():
+        message = record.getMessage()
+        if "can only handle sequences up to" not in message and "Token indices sequence length" not in message:
             return True
         first, _TruncationWarningOnce.seen = not _TruncationWarningOnce.seen, True
         if first:
@@ -70,9 +73,14 @@ class _TruncationWarningOnce(logging.Filter):
 
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropVaeCastWarning())
-logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint").addFilter(
-    _TruncationWarningOnce()
-)
+# "Loading pipeline components / weights" bars, once per worker: noise in job logs
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
+# `torch_dtype` works on every diffusers we support; its rename to `dtype` is only in recent releases.
+warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+for _name in ("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint",
+              "transformers.tokenization_utils_base"):
+    logging.getLogger(_name).addFilter(_TruncationWarningOnce())
 
 SCHEDULERS = {
     "euler": EulerDiscreteScheduler,

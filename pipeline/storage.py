@@ -15,6 +15,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 TEMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates files 0600, finished files get the usual permissions
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -40,6 +42,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
