@@ -136,13 +136,24 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _count(text: str) -> int:
+    """argparse type of --n: a positive whole number (0 or less would mean 'the whole job' or crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def _job_arguments(parser: argparse.ArgumentParser, n_help: str = "only the first N samples of the job",
                    out_help: str = "output root (local path or fsspec URL); the run goes to OUT/RUN_ID") -> None:
     parser.add_argument("job", nargs="?", help="job config (YAML)")
     parser.add_argument("--config", help="job config (YAML), same as the positional JOB")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable")
     parser.add_argument("--out", help=out_help)
-    parser.add_argument("--n", type=int, help=n_help)
+    parser.add_argument("--n", type=_count, help=n_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("prompts", cmd_prompts, "print N sampled prompts (text + attributes) as JSON lines")
-    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--n", type=_count, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bank", default="prompts/clinical.yaml")
 
@@ -173,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     sample = masks_sub.add_parser("sample", help="write N mask PNGs and their parameters for inspection")
     sample.set_defaults(fn=cmd_masks_sample)
-    sample.add_argument("--n", type=int, default=16)
+    sample.add_argument("--n", type=_count, default=16)
     sample.add_argument("--out", required=True)
     sample.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT")
     check = masks_sub.add_parser("check", help="KS statistics of generated masks against real ones")
     check.set_defaults(fn=cmd_masks_check)
     check.add_argument("--reference", default="../shared/data/kvasir-seg/masks")
-    check.add_argument("--n", type=int, default=2000)
+    check.add_argument("--n", type=_count, default=2000)
     for p in (sample, check):
         p.add_argument("--preset", default="masks/default.yaml")
         p.add_argument("--bank", default="prompts/clinical.yaml", help="prompt bank the attributes come from")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, validation_summary
 
 
 class _Section(BaseModel):
@@ -134,19 +134,6 @@ def parse_override(text: str, source: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _one_line(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif "input" in first and not isinstance(first["input"], dict):
-        message += f" (got {first['input']!r})"
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {field}: {message}{suffix}"
-
-
 def config_from_dict(data: dict[str, Any], source: str = "config", overrides: list[str] = ()) -> JobConfig:
     tree = json.loads(json.dumps(data))  # deep copy, plain types only
     for text in overrides:
@@ -155,7 +142,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config", overrides: li
     try:
         return JobConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, source)) from None
+        raise ConfigError(f"{source}: {validation_summary(exc)}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
@@ -165,6 +152,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
+        raise ConfigError(f"{path}: cannot read the config file ({type(exc).__name__}: {exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -4,6 +4,26 @@ The CLI turns any `PolypSynthError` into a single line and a non-zero exit code;
 bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def validation_summary(error: ValidationError) -> str:
+    """The first problem of a pydantic validation error as `field.path: message (got value)`, one line."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    return f"{field}: {message}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
 
 class PolypSynthError(Exception):
     """Base class for errors caused by the user's input or environment, not by a bug."""
@@ -26,7 +46,7 @@ class FrameCatalogError(PolypSynthError):
 
 
 class ModelLoadError(PolypSynthError):
-    """The inpainting model cannot be found or is not an inpainting pipeline."""
+    """The inpainting model cannot be found, is not an inpainting pipeline, or cannot be built there."""
 
 
 class ShardError(PolypSynthError):

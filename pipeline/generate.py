@@ -84,9 +84,10 @@ class ShardWorker:
             [row["prompt"] for row, _, _ in ready], [row["negative_prompt"] for row, _, _ in ready],
             [row["seed"] for row, _, _ in ready], timer,
         ) if ready else []
+        provenance = {"engine": self.engine.identity, "run_id": self.run_meta["run_id"],
+                      "pipeline_version": self.run_meta["pipeline_version"]}
         for (row, _, mask), image in zip(ready, images):
-            done.append({**row, "image": image, "mask": mask, "engine": self.engine.identity,
-                         "run_id": self.run_meta["run_id"], "pipeline_version": self.run_meta["pipeline_version"]})
+            done.append({**row, "image": image, "mask": mask, **provenance})
 
         table = timer.time("png_encode", lambda: shards.shard_table(done, self.attributes_type))
         info = timer.time("write", lambda: shards.write_shard(self.run_dir, shard_index, table, failed, self.run_meta))

@@ -6,6 +6,7 @@ It reads Parquet footers and metadata, not pixels, so it is quick on large runs 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +15,24 @@ from pipeline import storage
 from pipeline.errors import ShardError
 from pipeline.plan import PLAN_FILE, Plan
 from pipeline.runner import MANIFEST_FILE, SUCCESS_FILE
-from pipeline.shards import SHARD_DIR
+from pipeline.shards import SHARD_DIR, shard_meta
+
+
+def _shard_footer(url: str, with_engine: bool) -> tuple[int, int, int, dict[str, Any]]:
+    """(rows, failed samples, bytes, engine of the first row if asked) of a shard, read from its footer
+    and one small column: opened as a file, so an object store sends those ranges, not the pixels."""
+    fs, path = storage.filesystem(url)
+    try:
+        with fs.open(path, "rb") as handle:
+            footer = pq.ParquetFile(handle)
+            rows = footer.metadata.num_rows
+            failed = len(shard_meta(footer.schema_arrow).get("failed", []))
+            engine = {}
+            if rows and with_engine:
+                engine = footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py() or {}
+            return rows, failed, fs.size(path), engine
+    except (pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{url}: unreadable shard ({type(exc).__name__}: {exc})") from None
 
 
 def summarise_run(run_dir: str) -> str:
@@ -25,15 +43,12 @@ def summarise_run(run_dir: str) -> str:
     shard_names = [n for n in storage.list_names(storage.join(run_dir, SHARD_DIR)) if n.endswith(".parquet")]
 
     rows = failed = size = 0
-    engine: dict = {}
+    engine: dict[str, Any] = {}
     for name in shard_names:
-        data = storage.read_bytes(storage.join(run_dir, SHARD_DIR, name))
-        footer = pq.ParquetFile(pa.BufferReader(data))
-        rows += footer.metadata.num_rows
-        size += len(data)
-        failed += len(json.loads(footer.schema_arrow.metadata[b"polyp_synth"])["failed"])
-        if not engine and footer.metadata.num_rows:
-            engine = footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py()
+        url = storage.join(run_dir, SHARD_DIR, name)
+        shard_rows, shard_failed, shard_size, shard_engine = _shard_footer(url, with_engine=not engine)
+        rows, failed, size = rows + shard_rows, failed + shard_failed, size + shard_size
+        engine = engine or shard_engine
 
     status = "complete" if SUCCESS_FILE in names else "incomplete (run it again to resume)"
     config = plan.meta["config"]

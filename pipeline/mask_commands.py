@@ -14,9 +14,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.fov import FieldOfView
 from pipeline.mask_stats import ks_report, load_reference_stats, mask_stats
 from pipeline.masks import MaskParams, MaskPreset, draw_mask, sample_mask_params
+from pipeline.plan import mask_rng
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptBank
 
@@ -29,9 +31,9 @@ def sample_params(preset_path: str, bank_path: str, n: int, seed: int) -> list[t
     """(attributes, mask parameters) for the first n samples of a job with this bank and preset."""
     preset = MaskPreset.load(preset_path)
     prompts = PromptBank.load(bank_path).sample_many(n, seed)
-    rng = np.random.default_rng([seed, 2])
     fov = FieldOfView.full()
-    return [(p.attributes, sample_mask_params(preset, p.attributes, fov, rng)) for p in prompts]
+    return [(p.attributes, sample_mask_params(preset, p.attributes, fov, mask_rng(seed, i)))
+            for i, p in enumerate(prompts)]
 
 
 def sample_masks_to_dir(preset_path: str, bank_path: str, n: int, width: int, height: int, seed: int,
@@ -41,7 +43,8 @@ def sample_masks_to_dir(preset_path: str, bank_path: str, n: int, width: int, he
     with (out / "params.jsonl").open("w") as index:
         for i, (attributes, params) in enumerate(sample_params(preset_path, bank_path, n, seed)):
             name = f"mask-{i:05d}.png"
-            cv2.imwrite(str(out / name), draw_mask(params, width, height))
+            if not cv2.imwrite(str(out / name), draw_mask(params, width, height)):
+                raise ConfigError(f"--out {out}: cannot write {name}")
             index.write(json.dumps({"file": name, "attributes": attributes, "mask_params": params.to_dict()}) + "\n")
     log.info("wrote %d masks and params.jsonl to %s", n, out)
 

@@ -34,7 +34,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import MaskPresetError
+from pipeline import storage
+from pipeline.errors import MaskPresetError, validation_summary
 
 _MIN_RADIUS = 0.3  # of the base radius: keeps every outline star-shaped and free of pinches
 _PROBE, _MAX_STRENGTH = 3.0, 8.0  # harmonic strengths tried / allowed, in multiples of the convex limit
@@ -202,7 +203,7 @@ class MaskPreset(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise MaskPresetError(f"{path}: {_describe(exc)}") from None
+            raise MaskPresetError(f"{path}: {validation_summary(exc)}") from None
 
     def save(self, path: str | Path) -> None:
         """YAML with each field's description as a comment, so the checked-in file explains itself."""
@@ -212,7 +213,7 @@ class MaskPreset(_Model):
             flow = None if isinstance(data[name], (dict, list)) else False  # lists of numbers on one line
             parts.append(_comment(field.description or ""))
             parts.append(yaml.safe_dump({name: data[name]}, sort_keys=False, default_flow_style=flow, width=100))
-        Path(path).write_text("\n".join(parts))
+        storage.write_bytes_atomic(str(path), "\n".join(parts).encode())  # all or nothing, parent created
 
     def digest(self) -> str:
         """Stable hash of the preset, recorded in plans to tell which shapes a run used."""
@@ -222,17 +223,6 @@ class MaskPreset(_Model):
 def _comment(text: str) -> str:
     lines = [line for paragraph in text.splitlines() for line in (textwrap.wrap(paragraph, 98) or [""])]
     return "\n".join(f"# {line}".rstrip() for line in lines)
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{field}: unknown key"
-    message = first["msg"]
-    if not isinstance(first.get("input"), dict):
-        message += f" (got {first.get('input')!r})"
-    return f"{field}: {message}"
 
 
 @dataclass(frozen=True)

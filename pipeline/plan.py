@@ -35,6 +35,7 @@ from pipeline.prompts import PromptBank, PromptSample
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.parquet"
+_META_KEY = b"polyp_synth"  # schema metadata key of the plan's provenance
 # Engine settings that change a sample's pixels, and therefore its identity. Batch size and device
 # are deliberately absent: the same sample comes out of any batch on any device.
 _PIXEL_SETTINGS = (
@@ -91,7 +92,7 @@ class Plan:
 
     def write(self, run_dir: str) -> str:
         url = storage.join(run_dir, PLAN_FILE)
-        table = self.table.replace_schema_metadata({"polyp_synth": json.dumps(self.meta)})
+        table = self.table.replace_schema_metadata({_META_KEY: json.dumps(self.meta)})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         storage.write_bytes_atomic(url, sink.getvalue().to_pybytes())
@@ -102,14 +103,21 @@ class Plan:
         url = storage.join(run_dir, PLAN_FILE)
         try:
             table = pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+            meta = json.loads(table.schema.metadata[_META_KEY])
         except FileNotFoundError:
             raise ShardError(f"{url}: no plan here; run `polyp-synth plan` first") from None
-        meta = json.loads(table.schema.metadata[b"polyp_synth"])
+        except (pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError) as exc:
+            raise ShardError(f"{url}: unreadable plan ({type(exc).__name__}: {exc}); delete it to plan again") from None
         return cls(table.replace_schema_metadata(None), meta)
 
 
 _CHUNK = 2000  # samples per mask-sampling task
 _worker_state: dict[str, Any] = {}
+
+
+def mask_rng(run_seed: int, index: int) -> np.random.Generator:
+    """The random stream of sample `index`'s mask: its own, so samples can be drawn in any order."""
+    return np.random.default_rng([run_seed, 2, index])
 
 
 def _init_mask_worker(preset: MaskPreset, fovs: list[FieldOfView]) -> None:
@@ -121,7 +129,7 @@ def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames:
     chunk can be computed anywhere and the result does not depend on how the plan was split."""
     preset, fovs = _worker_state["preset"], _worker_state["fovs"]
     return [
-        json.dumps(sample_mask_params(preset, attrs, fovs[frame], np.random.default_rng([seed, 2, start + i])).to_dict())
+        json.dumps(sample_mask_params(preset, attrs, fovs[frame], mask_rng(seed, start + i)).to_dict())
         for i, (attrs, frame) in enumerate(zip(attributes, frames))
     ]
 

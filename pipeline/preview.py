@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
 from pipeline.config import JobConfig
-from pipeline.errors import ShardError
+from pipeline.errors import ConfigError, ShardError
 from pipeline.generate import prepare_sample
 from pipeline.plan import build_plan
 from pipeline.shards import SHARD_DIR, decode_png, read_shard
@@ -56,8 +56,11 @@ def contact_sheet(cells: list[Image.Image], out: str) -> None:
     sheet = Image.new("RGB", (columns * (width + 4) + 4, rows * (height + 4) + 4), (200, 200, 200))
     for i, cell in enumerate(cells):
         sheet.paste(cell, (4 + (i % columns) * (width + 4), 4 + (i // columns) * (height + 4)))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(out)
+    except (ValueError, OSError) as exc:  # unknown extension, unwritable folder
+        raise ConfigError(f"--out {out}: cannot write the contact sheet ({exc})") from None
 
 
 def plan_sheet(config: JobConfig, n: int, out: str) -> None:
@@ -73,7 +76,9 @@ def run_sheet(run_dir: str, n: int, out: str) -> None:
     """Generated images, label outlines and prompts of the first n samples in a run's shards."""
     cells = []
     for name in storage.list_names(storage.join(run_dir, SHARD_DIR)):
-        if not name.endswith(".parquet") or len(cells) >= n:
+        if len(cells) >= n:
+            break
+        if not name.endswith(".parquet"):
             continue
         table = read_shard(storage.join(run_dir, SHARD_DIR, name))
         for row in table.select(["image", "mask", "prompt"]).slice(0, n - len(cells)).to_pylist():

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from pipeline.config import JobConfig
 from pipeline.errors import ExecutorError, PolypSynthError
@@ -52,10 +53,10 @@ class ShardActor:
             raise self.error
         return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def generate(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult:
+        # Replacement actors are not awaited through `ready`: report their load error, not a missing `worker`.
+        if self.error is not None:
+            raise self.error
         return self.worker.run(shard_index, rows)
 
 
@@ -68,8 +69,9 @@ def connect(address: str | None) -> None:
         ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
         log.info("joined Ray cluster at %s", target)
     except ConnectionError:
-        if address:
-            raise ExecutorError(f"executor.address: no Ray cluster answers at {address!r}") from None
+        if target != "auto":  # an address the user named: starting a local Ray instead would hide the mistake
+            where = "executor.address" if address else "RAY_ADDRESS"
+            raise ExecutorError(f"{where}: no Ray cluster answers at {target!r}") from None
         ray.init(logging_level=logging.WARNING)
         log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
 
@@ -121,12 +123,21 @@ class RayExecutor:
             return _Slot(f"w{i}", actor)
 
         slots = [spawn(i) for i in range(count)]
+        try:
+            return self._run(plan, shard_indices, config, slots, spawn)
+        finally:  # also on a timeout or Ctrl-C: no actor keeps its GPU after the driver gives up
+            for slot in slots:
+                ray.kill(slot.actor)
+
+    def _run(self, plan: Plan, shard_indices: list[int], config: JobConfig, slots: list[_Slot],
+             spawn: Callable[[int], _Slot]) -> ExecutionReport:
+        """Schedule shards on `slots` (replaced in place when an actor dies) until all are done or given up."""
         self._wait_ready(slots)
         report = ExecutionReport()
         queue = list(shard_indices)
         attempts = {index: 0 for index in shard_indices}
         samples = sum(len(plan.shard_rows(i)) for i in shard_indices)
-        spawned = count
+        spawned = len(slots)
         timeout = config.executor.timeout_s
 
         def status() -> str:
@@ -154,7 +165,8 @@ class RayExecutor:
                     index, slot.shard = slot.shard, None
                     try:
                         result: ShardResult = ray.get(slot.ref, timeout=60)
-                    except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+                    except RayError as exc:  # task error, actor death, lost object, timeout
+                        slot.status = "idle"
                         error = _describe(exc)
                         attempts[index] += 1
                         log.warning("shard %d failed on worker %s (attempt %d): %s", index, slot.name,
@@ -168,13 +180,12 @@ class RayExecutor:
                             replacement = spawn(spawned)
                             spawned += 1
                             log.warning("worker %s died; replacing it with %s", slot.name, replacement.name)
+                            ray.kill(slot.actor)
                             slots[slots.index(slot)] = replacement
                         continue
                     report.results.append(result)
                     slot.status = "idle"
                     progress.update(result.info.rows + len(result.info.failed), extra=status())
-        for slot in slots:
-            ray.kill(slot.actor)
         return report
 
     @staticmethod

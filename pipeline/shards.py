@@ -152,8 +152,10 @@ def read_shard(url: str) -> pa.Table:
         raise ShardError(f"{url}: unreadable shard ({exc})") from None
 
 
-def shard_meta(table: pa.Table) -> dict[str, Any]:
-    return json.loads(table.schema.metadata[_META_KEY])
+def shard_meta(table: pa.Table | pa.Schema) -> dict[str, Any]:
+    """The shard's provenance (run_id, config, failed samples…) from a shard table or its schema."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    return json.loads(schema.metadata[_META_KEY])
 
 
 def validate_shard(run_dir: str, shard_index: int, planned_ids: list[str]) -> ShardInfo | None:
@@ -164,8 +166,8 @@ def validate_shard(run_dir: str, shard_index: int, planned_ids: list[str]) -> Sh
         data = storage.read_bytes(url)
         footer = pq.ParquetFile(pa.BufferReader(data))
         ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
-        meta = json.loads(footer.schema_arrow.metadata[_META_KEY])
-    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError, ValueError):
+        meta = shard_meta(footer.schema_arrow)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError):
         return None
     failed = meta.get("failed", [])
     accounted = ids + [entry["sample_id"] for entry in failed]

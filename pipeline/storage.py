@@ -22,12 +22,7 @@ os.umask(_UMASK)  # read once: mkstemp creates files 0600, finished files get th
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for `url` and the path inside it (storage options come from the environment,
     e.g. `AWS_ENDPOINT_URL` for S3-compatible servers)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def is_local(url: str) -> bool:
-    return isinstance(filesystem(url)[0], LocalFileSystem)
+    return fsspec.core.url_to_fs(url)
 
 
 def join(base: str, *parts: str) -> str:

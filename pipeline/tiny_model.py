@@ -18,6 +18,8 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from pipeline.errors import ModelLoadError
+
 MARKER = "tiny_model.json"
 
 TEXT_HIDDEN = 32  # both text encoders (SDXL: 768 and 1280)
@@ -126,9 +128,13 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
     recipe = {"unet_channels": unet_channels, "seed": seed}
     if out_dir.exists():
         marker = out_dir / MARKER
-        if marker.is_file() and json.loads(marker.read_text()) == recipe:
-            return out_dir
-        raise FileExistsError(f"{out_dir} already exists and is not a tiny model built with {recipe}")
+        try:
+            if json.loads(marker.read_text()) == recipe:
+                return out_dir
+        except (OSError, ValueError):  # no marker, or not ours
+            pass
+        raise ModelLoadError(f"{out_dir} already exists and is not a tiny model built with {recipe}; "
+                             "choose another folder or delete it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
