@@ -19,6 +19,8 @@ log = logging.getLogger("pipeline")
 
 
 def _job(args: argparse.Namespace) -> JobConfig:
+    if args.config and args.job and args.config != args.job:
+        raise ConfigError(f"two job configs given ({args.job} and --config {args.config}): pass one")
     path = args.config or args.job
     if not path:
         raise ConfigError("no job config given: pass JOB.yaml or --config JOB.yaml")
@@ -81,6 +83,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
         config = load_config(args.config, list(args.set or []))
         preview.plan_sheet(config, args.n, args.out)
     elif args.job:
+        if args.set:
+            raise ConfigError("--set changes a job's config; a RUN_DIR preview draws what was generated")
         preview.run_sheet(args.job, args.n, args.out)
     else:
         raise ConfigError("preview needs a RUN_DIR or --config JOB.yaml")

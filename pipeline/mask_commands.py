@@ -39,7 +39,10 @@ def sample_params(preset_path: str, bank_path: str, n: int, seed: int) -> list[t
 def sample_masks_to_dir(preset_path: str, bank_path: str, n: int, width: int, height: int, seed: int,
                         out_dir: str) -> None:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot create this folder ({exc.strerror})") from None
     with (out / "params.jsonl").open("w") as index:
         for i, (attributes, params) in enumerate(sample_params(preset_path, bank_path, n, seed)):
             name = f"mask-{i:05d}.png"

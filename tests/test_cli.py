@@ -36,6 +36,8 @@ def test_prompts_prints_json_lines():
         (["prompts", "--bank", "jobs/demo.yaml"], "jobs/demo.yaml"),
         (["masks", "sample", "--out", "x", "--size", "big"], "--size 'big'"),
         (["inspect", "/no/such/run"], "not a run directory"),
+        (["plan", "jobs/demo.yaml", "--config", "jobs/smoke.yaml"], "two job configs given"),
+        (["masks", "sample", "--out", "README.md", "--n", "1"], "--out README.md: cannot create this folder"),
         (["generate", "jobs/demo.yaml", "--set", "engine.model=/no/such/model", "--set",
           "engine.build_tiny_if_missing=false", "--out", "{tmp}", "--n", "2"], "engine.model: /no/such/model"),
         (["generate", "jobs/smoke.yaml", "--set", "engine.model=/no/such/model", "--set",
