@@ -18,9 +18,9 @@ class LocalExecutor:
         self.worker_factory = worker_factory
 
     def execute(self, plan: Plan, shard_indices: list[int], config: JobConfig, run_dir: str) -> ExecutionReport:
-        worker = self.worker_factory(config, run_dir, run_meta(plan), plan.table.schema.field("attributes").type)
+        worker = self.worker_factory(config, run_dir, run_meta(plan), plan.attributes_type)
         report = ExecutionReport()
-        samples = sum(len(plan.shard_rows(i)) for i in shard_indices)
+        samples = plan.samples_in(shard_indices)
         with ProgressReporter("generating", total=samples, unit="samples") as progress:
             for index in shard_indices:
                 rows = plan.shard_rows(index)

@@ -85,6 +85,14 @@ class Plan:
     def shard_rows(self, shard_index: int) -> list[dict[str, Any]]:
         return self._rows_by_shard[shard_index]
 
+    def samples_in(self, shard_indices: list[int]) -> int:
+        return sum(len(self._rows_by_shard[i]) for i in shard_indices)
+
+    @property
+    def attributes_type(self) -> pa.DataType:
+        """The struct type of the `attributes` column: its fields are the prompt bank's axes."""
+        return self.table.schema.field("attributes").type
+
     @cached_property
     def digest(self) -> str:
         ids = "\n".join(self.table.column("sample_id").to_pylist())

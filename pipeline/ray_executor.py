@@ -111,7 +111,7 @@ class RayExecutor:
         count = worker_count(config, gpus, len(shard_indices))
         actor_class = ray.remote(num_gpus=num_gpus, num_cpus=config.executor.num_cpus_per_worker,
                                  max_restarts=0, max_concurrency=1)(ShardActor)
-        meta, attributes_type = run_meta(plan), plan.table.schema.field("attributes").type
+        meta, attributes_type = run_meta(plan), plan.attributes_type
         log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus,
                  config.executor.num_cpus_per_worker)
 
@@ -136,7 +136,7 @@ class RayExecutor:
         report = ExecutionReport()
         queue = list(shard_indices)
         attempts = {index: 0 for index in shard_indices}
-        samples = sum(len(plan.shard_rows(i)) for i in shard_indices)
+        samples = plan.samples_in(shard_indices)
         spawned = len(slots)
         timeout = config.executor.timeout_s
 
