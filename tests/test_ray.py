@@ -100,7 +100,8 @@ def actor_processes():
 
 
 def test_killed_actor_is_replaced_and_its_shard_retried(cluster, tmp_path, tiny_model_dir):
-    args, env = cli(*job_args(tmp_path, tiny_model_dir, samples=16, **{"executor.max_workers": 2}),
+    # 6 shards on 2 workers: when the first shard lands, work is still queued behind the victim.
+    args, env = cli(*job_args(tmp_path, tiny_model_dir, samples=24, **{"executor.max_workers": 2}),
                     address=cluster["address"])
     driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
