@@ -9,7 +9,6 @@ downscaled copy (a few milliseconds a frame), with no learned model.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import cv2
@@ -24,7 +23,6 @@ _MARGIN = 3  # work pixels the field of view is shrunk by, on top of the grid's 
 _OVERLAY_S, _OVERLAY_V, _OVERLAY_HUE = 110, 80, (35, 135)  # bright saturated green..blue: boxes, banners
 _TEXT_MIN_RGB, _TEXT_CONTRAST = 110, 25  # text is near-white: its darkest channel stands out of red tissue
 _GLYPH_MIN = 5  # work pixels: the shortest glyph height counted as text
-_HEADER = struct.Struct("<HH")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,27 +53,13 @@ class FieldOfView:
     def visible_fraction(self) -> float:
         return float(self.grid.mean())
 
-    def to_bytes(self) -> bytes:
-        """Compact form for Parquet catalogs: grid shape then the bit-packed cells."""
-        return _HEADER.pack(*self.grid.shape) + np.packbits(self.grid).tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> FieldOfView:
-        if len(data) <= _HEADER.size:
-            raise ValueError(f"corrupt field-of-view bytes: only {len(data)} bytes")
-        gh, gw = _HEADER.unpack_from(data)
-        bits = np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size)
-        if gh * gw == 0 or bits.size != (gh * gw + 7) // 8:
-            raise ValueError(f"corrupt field-of-view bytes: {len(data)} bytes for a {gh}x{gw} grid")
-        return cls(np.unpackbits(bits, count=gh * gw).reshape(gh, gw).astype(bool))
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FieldOfView):
             return NotImplemented
         return self.grid.shape == other.grid.shape and bool(np.array_equal(self.grid, other.grid))
 
     def __hash__(self) -> int:
-        return hash(self.to_bytes())
+        return hash((self.grid.shape, self.grid.tobytes()))
 
 
 def grid_shape(width: int, height: int) -> tuple[int, int]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
-import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
@@ -33,10 +32,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CONVERTIBLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
-_SCHEMA = pa.schema(
-    [("uri", pa.string()), ("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-     ("fov", pa.binary())]
-)
 
 
 @dataclass(frozen=True)
@@ -59,22 +54,6 @@ class FrameCatalog:
     source: str
     records: tuple[FrameRecord, ...]
     skipped: tuple[SkippedFrame, ...]
-
-    def to_table(self) -> pa.Table:
-        """The usable frames as a table (the field of view as `FieldOfView.to_bytes`)."""
-        return pa.Table.from_pylist(
-            [{"uri": r.uri, "sha256": r.sha256, "width": r.width, "height": r.height, "fov": r.fov.to_bytes()}
-             for r in self.records],
-            schema=_SCHEMA,
-        )
-
-    @classmethod
-    def from_table(cls, table: pa.Table, source: str) -> FrameCatalog:
-        records = tuple(
-            FrameRecord(row["uri"], row["sha256"], row["width"], row["height"], FieldOfView.from_bytes(row["fov"]))
-            for row in table.select(_SCHEMA.names).to_pylist()
-        )
-        return cls(source, records, ())
 
     def digest(self) -> str:
         """Hash of the frames in use (URIs and contents), recorded in a plan's provenance."""

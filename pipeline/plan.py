@@ -169,7 +169,8 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     """Turn a job config into its plan; `n` plans only the first n samples of the job."""
     total = min(n, config.samples) if n else config.samples
     catalog = catalog or build_catalog(
-        config.frames.source, config.frames.min_size, config.frames.limit, progress=True
+        config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
+        workers=min(8, os.cpu_count() or 1),  # decoding and detection release the GIL
     )
     bank = PromptBank.load(config.prompts.bank)
     preset = MaskPreset.load(config.masks.preset)

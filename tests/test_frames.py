@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline.errors import FrameCatalogError
 from pipeline.fov import FieldOfView
-from pipeline.frames import FrameCatalog, build_catalog, list_frames, load_frame
+from pipeline.frames import build_catalog, list_frames, load_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MUCOSA = DATA / "normal-mucosa"
@@ -105,15 +104,6 @@ def test_glob_patterns_and_limit(mixed):
 def test_parallel_build_with_progress_is_the_same_catalog():
     source = str(KVASIR / "cju0*.jpg")
     assert build_catalog(source, workers=2, progress=True) == build_catalog(source)
-
-
-def test_table_round_trip_through_parquet(tmp_path):
-    catalog = build_catalog(str(KVASIR / "cju1*.jpg"), limit=6)
-    assert any(r.fov.visible_fraction() < 0.95 for r in catalog.records)  # real fields of view
-    pq.write_table(catalog.to_table(), tmp_path / "catalog.parquet")
-    again = FrameCatalog.from_table(pq.read_table(tmp_path / "catalog.parquet"), catalog.source)
-    assert again.records == catalog.records
-    assert again.digest() == catalog.digest()
 
 
 def test_digest_follows_the_frames_contents(mixed):
