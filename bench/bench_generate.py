@@ -23,10 +23,10 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import JobConfig, load_config
-from pipeline.engine import InpaintEngine, resolve_device, resolve_dtype
-from pipeline.generate import ShardWorker, make_worker
-from pipeline.local_executor import LocalExecutor
-from pipeline.runner import MANIFEST_FILE, run_generate
+from pipeline.generate.sdxl import InpaintEngine, resolve_device, resolve_dtype
+from pipeline.generate.worker import ShardWorker, make_worker
+from pipeline.executors.local import LocalExecutor
+from pipeline.generate.runner import MANIFEST_FILE, run_generate
 
 STAGES = ("frame_load", "mask", "prepare", "model", "composite", "png_encode", "write")
 

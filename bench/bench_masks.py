@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from pipeline.fov import GRID_SIDE, FieldOfView
-from pipeline.masks import MaskPreset, draw_mask, sample_mask_params
+from pipeline.plan.fov import GRID_SIDE, FieldOfView
+from pipeline.plan.masks.shapes import MaskPreset, draw_mask, sample_mask_params
 
 ATTRIBUTES = [{"morphology": m, "size": s} for m in ("0-Is", "0-IIa", "0-Ip", "0-Isp") for s in ("small", "large")]
 

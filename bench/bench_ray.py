@@ -19,13 +19,13 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import JobConfig, load_config
-from pipeline.generate import ShardResult, ShardWorker
-from pipeline.local_executor import LocalExecutor
-from pipeline.plan import build_plan
-from pipeline.ray_executor import RayExecutor
-from pipeline.runner import run_generate
-from pipeline.shards import ShardInfo
-from pipeline.timing import StageTimer
+from pipeline.generate.worker import ShardResult, ShardWorker
+from pipeline.executors.local import LocalExecutor
+from pipeline.plan.plan import build_plan
+from pipeline.executors.ray import RayExecutor
+from pipeline.generate.runner import run_generate
+from pipeline.generate.shards import ShardInfo
+from pipeline.core.timing import StageTimer
 
 
 class SleepEngine:

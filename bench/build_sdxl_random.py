@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipeline.tiny_model import _scheduler, _tokenizer
+from pipeline.testing.tiny_model import _scheduler, _tokenizer
 
 
 def text_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:

@@ -33,7 +33,7 @@ def _job(args: argparse.Namespace) -> JobConfig:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from pipeline.prompts import PromptBank
+    from pipeline.plan.prompts.bank import PromptBank
 
     for sample in PromptBank.load(args.bank).sample_many(args.n, args.seed):
         print(json.dumps(sample.to_json()))
@@ -41,7 +41,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_masks_fit(args: argparse.Namespace) -> int:
-    from pipeline.mask_fit import fit_preset
+    from pipeline.plan.masks.fit import fit_preset
 
     preset = fit_preset(args.reference, seed=args.seed)
     preset.save(args.out)
@@ -50,7 +50,7 @@ def cmd_masks_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_masks_sample(args: argparse.Namespace) -> int:
-    from pipeline.mask_commands import sample_masks_to_dir
+    from pipeline.tools.masks import sample_masks_to_dir
 
     width, height = _size(args.size)
     sample_masks_to_dir(args.preset, args.bank, args.n, width, height, args.seed, args.out)
@@ -58,7 +58,7 @@ def cmd_masks_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_masks_check(args: argparse.Namespace) -> int:
-    from pipeline.mask_commands import check_against_reference
+    from pipeline.tools.masks import check_against_reference
 
     report = check_against_reference(args.preset, args.bank, args.reference, args.n, args.seed)
     print(json.dumps(report, indent=2))
@@ -66,7 +66,7 @@ def cmd_masks_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.plan import build_plan
+    from pipeline.plan.plan import build_plan
 
     config = _job(args)
     plan = build_plan(config, args.n)
@@ -77,7 +77,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from pipeline import preview
+    from pipeline.tools import preview
 
     if args.config:
         config = load_config(args.config, list(args.set or []))
@@ -93,14 +93,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny_model(args: argparse.Namespace) -> int:
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.testing.tiny_model import build_tiny_model
 
     print(build_tiny_model(args.dir, unet_channels=args.unet_channels))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_generate
+    from pipeline.generate.runner import run_generate
 
     config = _job(args)
     summary = run_generate(config, _executor(config), args.n)
@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect_run import summarise_run
+    from pipeline.tools.inspect import summarise_run
 
     print(summarise_run(args.run_dir))
     return 0
@@ -122,10 +122,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _executor(config: JobConfig):
     if config.executor.kind == "ray":
-        from pipeline.ray_executor import RayExecutor
+        from pipeline.executors.ray import RayExecutor
 
         return RayExecutor()
-    from pipeline.local_executor import LocalExecutor
+    from pipeline.executors.local import LocalExecutor
 
     return LocalExecutor()
 

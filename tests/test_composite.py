@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.composite import composite, repaint_region, resize_image, resize_mask
+from pipeline.generate.composite import composite, repaint_region, resize_image, resize_mask
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -10,11 +10,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from pipeline.composite import repaint_region
+from pipeline.generate.composite import repaint_region
 from pipeline.config import EngineConfig
-from pipeline.engine import InpaintEngine
+from pipeline.generate.sdxl import InpaintEngine
 from pipeline.errors import ModelLoadError
-from pipeline.tiny_model import build_tiny_model
+from pipeline.testing.tiny_model import build_tiny_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROMPT = "a 6 mm sessile polyp (Paris 0-Is) with a smooth pink surface, white light colonoscopy"

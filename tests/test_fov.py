@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.fov import GRID_SIDE, FieldOfView, detect_fov, grid_shape
+from pipeline.plan.fov import GRID_SIDE, FieldOfView, detect_fov, grid_shape
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KVASIR = DATA / "kvasir-seg" / "images"

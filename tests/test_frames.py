@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import FrameCatalogError
-from pipeline.fov import FieldOfView
-from pipeline.frames import build_catalog, list_frames, load_frame
+from pipeline.plan.fov import FieldOfView
+from pipeline.plan.frames import build_catalog, list_frames, load_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MUCOSA = DATA / "normal-mucosa"
@@ -39,7 +39,7 @@ def mixed(tmp_path):
 
 
 def test_keeps_good_frames_and_skips_bad_ones_with_their_reason(mixed, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.frames"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.plan.frames"):
         catalog = build_catalog(str(mixed))
     assert [Path(r.uri).name for r in catalog.records] == ["1.jpg", "2.jpg", "3.jpg", "gray.png"]
     reasons = {Path(s.uri).name: s.reason for s in catalog.skipped}

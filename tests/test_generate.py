@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.composite import repaint_region
+from pipeline.generate.composite import repaint_region
 from pipeline.config import config_from_dict
-from pipeline.generate import prepare_sample
-from pipeline.local_executor import LocalExecutor
-from pipeline.plan import Plan
-from pipeline.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
-from pipeline.shards import SHARD_DIR, decode_png, shard_url
-from pipeline.timing import StageTimer
+from pipeline.generate.worker import prepare_sample
+from pipeline.executors.local import LocalExecutor
+from pipeline.plan.plan import Plan
+from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
+from pipeline.generate.shards import SHARD_DIR, decode_png, shard_url
+from pipeline.core.timing import StageTimer
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -102,7 +102,7 @@ def test_a_frame_that_breaks_mid_run_fails_only_its_sample(tmp_path, tiny_model_
     for name in sorted(p.name for p in (DATA / "normal-mucosa").glob("*.jpg"))[:4]:
         shutil.copy(DATA / "normal-mucosa" / name, frames / name)
     config = job(tmp_path / "out", tiny_model_dir, frames, samples=4, shard_size=4)
-    from pipeline.runner import load_or_build_plan
+    from pipeline.generate.runner import load_or_build_plan
 
     plan = load_or_build_plan(config, config.run_dir(), None)
     broken = plan.table.column("source_frame")[0].as_py()
@@ -127,7 +127,7 @@ def test_a_run_on_object_storage(s3_server, tmp_path, tiny_model_dir):
     import boto3
     import datasets
 
-    from pipeline import storage
+    from pipeline.core import storage
 
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="runs")
     config = job("s3://runs/nightly", tiny_model_dir, samples=3)

@@ -12,10 +12,10 @@ import yaml
 from skimage.measure import label, regionprops
 
 from pipeline.errors import MaskPresetError
-from pipeline.fov import FieldOfView
-from pipeline.mask_fit import fit_preset
-from pipeline.mask_stats import KS_STATS, ks_report, load_reference_stats, mask_stats
-from pipeline.masks import MaskParams, MaskPreset, draw_mask, sample_mask_params
+from pipeline.plan.fov import FieldOfView
+from pipeline.plan.masks.fit import fit_preset
+from pipeline.plan.masks.stats import KS_STATS, ks_report, load_reference_stats, mask_stats
+from pipeline.plan.masks.shapes import MaskParams, MaskPreset, draw_mask, sample_mask_params
 
 ROOT = Path(__file__).resolve().parents[1]
 KVASIR = ROOT.parent / "shared" / "data" / "kvasir-seg" / "masks"

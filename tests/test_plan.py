@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import config_from_dict
-from pipeline.frames import build_catalog
-from pipeline.masks import MaskParams, draw_mask
-from pipeline.plan import Plan, build_plan
+from pipeline.plan.frames import build_catalog
+from pipeline.plan.masks.shapes import MaskParams, draw_mask
+from pipeline.plan.plan import Plan, build_plan
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT.parent / "shared" / "data"

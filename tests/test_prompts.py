@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.errors import PromptBankError
-from pipeline.prompts import PromptBank, PromptSample
+from pipeline.plan.prompts.bank import PromptBank, PromptSample
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BANK = ROOT / "prompts" / "clinical.yaml"
@@ -96,7 +96,7 @@ def test_sample_many_equals_repeated_sample_across_chunks(bank: PromptBank) -> N
 
 def test_samples_are_identical_in_another_process(bank: PromptBank) -> None:
     code = (
-        f"import json; from pipeline.prompts import PromptBank; b = PromptBank.load({str(DEFAULT_BANK)!r}); "
+        f"import json; from pipeline.plan.prompts.bank import PromptBank; b = PromptBank.load({str(DEFAULT_BANK)!r}); "
         "print(json.dumps([s.to_json() for s in b.sample_many(300, 9)]))"
     )
     other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

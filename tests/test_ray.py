@@ -17,9 +17,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.plan import Plan
-from pipeline.shards import SHARD_DIR, decode_png
-from pipeline.storage import TEMP_PREFIX
+from pipeline.plan.plan import Plan
+from pipeline.generate.shards import SHARD_DIR, decode_png
+from pipeline.core.storage import TEMP_PREFIX
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT.parent / "shared" / "data"

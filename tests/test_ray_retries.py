@@ -9,9 +9,9 @@ import ray
 from ray import cloudpickle
 
 from pipeline.config import config_from_dict
-from pipeline.generate import ShardWorker
-from pipeline.ray_executor import RayExecutor, worker_count
-from pipeline.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
+from pipeline.generate.worker import ShardWorker
+from pipeline.executors.ray import RayExecutor, worker_count
+from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import shards, storage
+from pipeline.generate import shards
+from pipeline.core import storage
 
 RUN_META = {"run_id": "t", "pipeline_version": "0", "plan_digest": "d", "config": {"seed": 1}}
 ATTRS = pa.struct([("size", pa.string()), ("modifiers", pa.list_(pa.string()))])

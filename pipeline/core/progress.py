@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-log = logging.getLogger("pipeline.progress")
+log = logging.getLogger("pipeline.core.progress")
 T = TypeVar("T")
 
 

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from pipeline import shards
-from pipeline.composite import resize_image
+from pipeline.generate import shards
+from pipeline.generate.composite import resize_image
 from pipeline.config import JobConfig
 from pipeline.errors import PolypSynthError
-from pipeline.frames import load_frame
-from pipeline.masks import MaskParams, draw_mask
-from pipeline.timing import StageTimer
+from pipeline.plan.frames import load_frame
+from pipeline.plan.masks.shapes import MaskParams, draw_mask
+from pipeline.core.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ WorkerFactory = Callable[[JobConfig, str, dict[str, Any], pa.DataType], Worker]
 
 def make_worker(config: JobConfig, run_dir: str, run_meta: dict[str, Any], attributes_type: pa.DataType) -> ShardWorker:
     """Load the configured engine (building the tiny test model first if the job asks for it)."""
-    from pipeline.engine import InpaintEngine
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.generate.sdxl import InpaintEngine
+    from pipeline.testing.tiny_model import build_tiny_model
 
     if config.engine.build_tiny_if_missing and not Path(config.engine.model).exists():
         log.info("building the tiny random model at %s", config.engine.model)

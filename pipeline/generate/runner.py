@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline import __version__, storage
+from pipeline import __version__
+from pipeline.core import storage
 from pipeline.config import JobConfig
 from pipeline.errors import ShardError
-from pipeline.generate import ShardResult
-from pipeline.plan import Plan, build_plan
-from pipeline.shards import SHARD_DIR, ShardInfo, shard_name, validate_shard
+from pipeline.generate.worker import ShardResult
+from pipeline.plan.plan import Plan, build_plan
+from pipeline.generate.shards import SHARD_DIR, ShardInfo, shard_name, validate_shard
 
 log = logging.getLogger(__name__)
 

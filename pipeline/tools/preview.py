@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import storage
+from pipeline.core import storage
 from pipeline.config import JobConfig
 from pipeline.errors import ConfigError, ShardError
-from pipeline.generate import prepare_sample
-from pipeline.plan import build_plan
-from pipeline.shards import SHARD_DIR, decode_png, read_shard
-from pipeline.timing import StageTimer
+from pipeline.generate.worker import prepare_sample
+from pipeline.plan.plan import build_plan
+from pipeline.generate.shards import SHARD_DIR, decode_png, read_shard
+from pipeline.core.timing import StageTimer
 
 TILE = 256
 CAPTION_LINES = 6

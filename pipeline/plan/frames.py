@@ -2,7 +2,7 @@
 
 Frames come from a local folder, a glob pattern or an fsspec URL (`s3://bucket/prefix/`,
 `s3://bucket/prefix/*.jpg`); storage options come from the environment as for every other URL of
-the pipeline (see `pipeline.storage`: e.g. `AWS_ENDPOINT_URL` for S3-compatible servers, fsspec's
+the pipeline (see `pipeline.core.storage`: e.g. `AWS_ENDPOINT_URL` for S3-compatible servers, fsspec's
 `FSSPEC_S3_*` variables). Every frame is read once, hashed, decoded and checked, and its field of
 view is detected, so that planning never meets a broken frame mid-run: unusable files are skipped
 with a reason, and only a source with nothing usable is an error.
@@ -23,10 +23,10 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import storage
+from pipeline.core import storage
 from pipeline.errors import FrameCatalogError
-from pipeline.fov import FieldOfView, detect_fov
-from pipeline.progress import progress_bar
+from pipeline.plan.fov import FieldOfView, detect_fov
+from pipeline.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from pipeline.config import JobConfig
 from pipeline.errors import ExecutorError, PolypSynthError
-from pipeline.generate import ShardResult, WorkerFactory, make_worker
-from pipeline.plan import Plan
-from pipeline.progress import ProgressReporter
-from pipeline.runner import ExecutionReport, ShardFailure, run_meta
+from pipeline.generate.worker import ShardResult, WorkerFactory, make_worker
+from pipeline.plan.plan import Plan
+from pipeline.core.progress import ProgressReporter
+from pipeline.generate.runner import ExecutionReport, ShardFailure, run_meta
 
 log = logging.getLogger(__name__)
 

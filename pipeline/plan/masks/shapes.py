@@ -5,7 +5,7 @@ irregular outlines), optionally with a stalk (pedunculated shapes), rotated and 
 area. The harmonics' strength is solved per lesion to give its outline a target solidity, so dents
 are as deep as the preset asks whatever the random harmonic mix. A preset stores the quantile
 functions of area fraction, base-ellipse eccentricity and outline solidity, fitted so that drawn
-masks match real ones (`pipeline.mask_fit`).
+masks match real ones (`pipeline.plan.masks.fit`).
 
 Attributes pick *bands* of those quantile functions. Each size class owns a band of the area
 quantiles as wide as its share, so giant polyps are the largest and the marginal area distribution
@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline import storage
+from pipeline.core import storage
 from pipeline.errors import MaskPresetError, validation_summary
 
 _MIN_RADIUS = 0.3  # of the base radius: keeps every outline star-shaped and free of pinches

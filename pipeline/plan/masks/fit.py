@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import MaskPresetError
-from pipeline.fov import FieldOfView
-from pipeline.mask_stats import KS_STATS, ks_report, load_reference_stats, mask_stats
-from pipeline.masks import (
+from pipeline.plan.fov import FieldOfView
+from pipeline.plan.masks.stats import KS_STATS, ks_report, load_reference_stats, mask_stats
+from pipeline.plan.masks.shapes import (
     Harmonics,
     MaskPreset,
     Morphology,

@@ -11,11 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline.core import storage
 from pipeline.errors import ShardError
-from pipeline.plan import PLAN_FILE, Plan
-from pipeline.runner import MANIFEST_FILE, SUCCESS_FILE
-from pipeline.shards import SHARD_DIR, shard_meta
+from pipeline.plan.plan import PLAN_FILE, Plan
+from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE
+from pipeline.generate.shards import SHARD_DIR, shard_meta
 
 
 def _shard_footer(url: str, with_engine: bool) -> tuple[int, int, int, dict[str, Any]]:

@@ -39,10 +39,10 @@ from diffusers import (
 from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 
-from pipeline.composite import composite, repaint_region, resize_image, resize_mask
+from pipeline.generate.composite import composite, repaint_region, resize_image, resize_mask
 from pipeline.config import EngineConfig
 from pipeline.errors import ConfigError, ModelLoadError
-from pipeline.timing import StageTimer
+from pipeline.core.timing import StageTimer
 
 log = logging.getLogger(__name__)
 

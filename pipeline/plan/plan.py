@@ -23,14 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import __version__, storage
+from pipeline import __version__
+from pipeline.core import storage
 from pipeline.config import JobConfig
 from pipeline.errors import ShardError
-from pipeline.fov import FieldOfView
-from pipeline.frames import FrameCatalog, build_catalog
-from pipeline.masks import MaskPreset, sample_mask_params
-from pipeline.progress import progress_bar
-from pipeline.prompts import PromptBank, PromptSample
+from pipeline.plan.fov import FieldOfView
+from pipeline.plan.frames import FrameCatalog, build_catalog
+from pipeline.plan.masks.shapes import MaskPreset, sample_mask_params
+from pipeline.core.progress import progress_bar
+from pipeline.plan.prompts.bank import PromptBank, PromptSample
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline.core import storage
 from pipeline.errors import ShardError
 
 SHARD_DIR = "shards"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import JobConfig
-from pipeline.generate import WorkerFactory, make_worker
-from pipeline.plan import Plan
-from pipeline.progress import ProgressReporter
-from pipeline.runner import ExecutionReport, ShardFailure, run_meta
+from pipeline.generate.worker import WorkerFactory, make_worker
+from pipeline.plan.plan import Plan
+from pipeline.core.progress import ProgressReporter
+from pipeline.generate.runner import ExecutionReport, ShardFailure, run_meta
 
 log = logging.getLogger(__name__)
 
