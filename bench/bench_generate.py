@@ -22,11 +22,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.config import JobConfig, load_config
+from pipeline.config import load_config
+from pipeline.core.layout import RunLayout
+from pipeline.core.run import RunContext
+from pipeline.executors.local import LocalExecutor
+from pipeline.generate.runner import run_generate
 from pipeline.generate.sdxl import InpaintEngine, resolve_device, resolve_dtype
 from pipeline.generate.worker import ShardWorker, make_worker
-from pipeline.executors.local import LocalExecutor
-from pipeline.generate.runner import MANIFEST_FILE, run_generate
 
 STAGES = ("frame_load", "mask", "prepare", "model", "composite", "png_encode", "write")
 
@@ -47,8 +49,8 @@ class NullModelEngine(InpaintEngine):
         return [np.asarray(sample.image) for sample in batch]
 
 
-def null_model_worker(config: JobConfig, run_dir: str, meta: dict, attributes_type: pa.DataType) -> ShardWorker:
-    return ShardWorker(NullModelEngine(config.engine), config.engine.output_resolution, run_dir, meta, attributes_type)
+def null_model_worker(context: RunContext) -> ShardWorker:
+    return ShardWorker(NullModelEngine(context.config.engine), context)
 
 
 def main() -> None:
@@ -67,12 +69,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = load_config(args.config, [*args.set, f"output={out}", "executor.kind=local"])
         factory = null_model_worker if args.null_model else make_worker
-        if not args.null_model:
-            factory(config, out, {"run_id": "warmup", "pipeline_version": "0"}, pa.string())  # load + warm caches
+        if not args.null_model:  # load + warm caches
+            factory(RunContext(RunLayout(out), config, "warmup", "", pa.string()))
         start = time.perf_counter()
-        summary = run_generate(config, LocalExecutor(factory), args.n)
+        summary = run_generate(config, LocalExecutor(), args.n, factory=factory)
         wall = time.perf_counter() - start
-        stages = json.load(open(os.path.join(config.run_dir(), MANIFEST_FILE)))["timings"]["stage_seconds"]
+        stages = json.load(open(RunLayout(config.run_dir()).manifest))["timings"]["stage_seconds"]
 
     n = summary.written_samples
     per_image = {stage: stages.get(stage, 0.0) / n for stage in STAGES}

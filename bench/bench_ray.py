@@ -15,17 +15,17 @@ import argparse
 import tempfile
 import time
 
-import pyarrow as pa
 import ray
 
-from pipeline.config import JobConfig, load_config
-from pipeline.generate.worker import ShardResult, ShardWorker
+from pipeline.config import load_config
+from pipeline.core.run import RunContext
+from pipeline.core.timing import StageTimer
 from pipeline.executors.local import LocalExecutor
-from pipeline.plan.plan import build_plan
 from pipeline.executors.ray import RayExecutor
 from pipeline.generate.runner import run_generate
 from pipeline.generate.shards import ShardInfo
-from pipeline.core.timing import StageTimer
+from pipeline.generate.worker import ShardResult, ShardWorker
+from pipeline.plan.plan import build_plan
 
 
 class SleepEngine:
@@ -45,17 +45,17 @@ class InstantWorker:
     """Returns a result without generating anything: all that is left is scheduling."""
 
     def run(self, shard_index: int, rows: list[dict]) -> ShardResult:
-        return ShardResult(ShardInfo(shard_index, len(rows), [], 0, ""), {})
+        return ShardResult(ShardInfo(shard_index, len(rows), [], 0, "", ""), {})
 
 
 def sleep_factory(seconds: float):
-    def factory(config: JobConfig, run_dir: str, meta: dict, attributes_type: pa.DataType) -> ShardWorker:
-        return ShardWorker(SleepEngine(seconds), config.engine.output_resolution, run_dir, meta, attributes_type)
+    def factory(context: RunContext) -> ShardWorker:
+        return ShardWorker(SleepEngine(seconds), context)
 
     return factory
 
 
-def instant_factory(config, run_dir, meta, attributes_type) -> InstantWorker:
+def instant_factory(context: RunContext) -> InstantWorker:
     return InstantWorker()
 
 
@@ -71,14 +71,13 @@ def main() -> None:
     ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
 
     walls = {}
-    for name, executor in (("local", LocalExecutor(sleep_factory(args.seconds_per_sample))),
-                           ("ray", RayExecutor(sleep_factory(args.seconds_per_sample)))):
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
         with tempfile.TemporaryDirectory() as out:
             config = load_config(args.config, [f"output={out}", f"samples={args.samples}",
                                                f"shard_size={args.shard_size}", "executor.max_workers=1"])
             build_plan(config).write(config.run_dir())  # planning is not scheduling: done before the clock
             start = time.perf_counter()
-            summary = run_generate(config, executor)
+            summary = run_generate(config, executor, factory=sleep_factory(args.seconds_per_sample))
             walls[name] = time.perf_counter() - start
             assert summary.ok and summary.written_samples == args.samples
     overhead = (walls["ray"] - walls["local"]) / walls["ray"]
@@ -95,7 +94,7 @@ def main() -> None:
         planned = time.perf_counter() - start
         plan.write(config.run_dir())
         start = time.perf_counter()
-        summary = run_generate(config, RayExecutor(instant_factory))
+        summary = run_generate(config, RayExecutor(), factory=instant_factory)
         driver = time.perf_counter() - start
     print(f"[2] plan of {args.big_samples} samples: built in {planned:.1f}s; {len(plan.shard_indices)} shards "
           f"scheduled through 2 instant workers in {driver:.1f}s → {1000 * driver / len(plan.shard_indices):.1f} ms "

@@ -72,7 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = build_plan(config, args.n)
     url = plan.write(config.run_dir())
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
-          f"({plan.meta['frames']['usable']} frames, {len(plan.meta['frames']['skipped'])} skipped)")
+          f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")
     return 0
 
 

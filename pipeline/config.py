@@ -76,6 +76,7 @@ class ExecutorConfig(_Section):
     max_workers: int | None = Field(None, gt=0, description="None: one worker per GPU (CPU: 1)")
     shard_retries: int = Field(2, ge=0)
     timeout_s: float = Field(3600.0, gt=0, description="longest wait for any single shard")
+    connect_timeout_s: float = Field(60.0, gt=0, description="longest wait for a named Ray cluster to answer")
 
 
 class JobConfig(_Section):

@@ -1,6 +1,15 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures. The real data (../shared/data) must be there: without it the run fails."""
 
 import pytest
+
+from pipeline.testing.data import require_shared_data
+
+
+def pytest_configure(config):
+    try:
+        require_shared_data()
+    except FileNotFoundError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")

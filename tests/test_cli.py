@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.testing.data import shared_data
+
 ROOT = Path(__file__).parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data()
 
 
 def run(*args, cwd=ROOT):

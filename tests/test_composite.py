@@ -1,14 +1,19 @@
 """Pure pixel maths of the engine, on real frames and real polyp masks."""
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.generate.composite import composite, repaint_region, resize_image, resize_mask
+from pipeline.generate.composite import (
+    composite,
+    repaint_region,
+    resize_image,
+    resize_mask,
+)
+from pipeline.testing.data import shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data()
 
 
 def load_frame(n: int) -> np.ndarray:

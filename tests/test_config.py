@@ -60,4 +60,5 @@ def test_dated_run_id_and_digest():
     assert config.resolved_run_id(datetime.date(2026, 1, 2)) == "nightly-2026-01-02"
     other = config_from_dict({"frames": {"source": "x"}, "run_id": "nightly-{date}"}, overrides=["seed=1"])
     assert config.digest() != other.digest()
-    assert yaml.safe_dump(config.model_dump())  # plain types, storable as run metadata
+    stored = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))  # as run metadata stores it
+    assert config_from_dict(stored) == config and config_from_dict(stored).digest() == config.digest()

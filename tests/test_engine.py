@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,13 +9,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from pipeline.generate.composite import repaint_region
 from pipeline.config import EngineConfig
-from pipeline.generate.sdxl import InpaintEngine
 from pipeline.errors import ModelLoadError
+from pipeline.generate.composite import repaint_region
+from pipeline.generate.sdxl import InpaintEngine
+from pipeline.testing.data import shared_data
 from pipeline.testing.tiny_model import build_tiny_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data()
 PROMPT = "a 6 mm sessile polyp (Paris 0-Is) with a smooth pink surface, white light colonoscopy"
 NEGATIVE = "blurry, text, watermark"
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.plan.fov import GRID_SIDE, FieldOfView, detect_fov, grid_shape
+from pipeline.testing.data import shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data()
 KVASIR = DATA / "kvasir-seg" / "images"
 
 # Frames with text over tissue, and where that text is (x0, y0, x1, y1 at full resolution, by eye).
@@ -45,7 +46,9 @@ def surround(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_borderless_frames_are_whole():
-    for path in sorted((DATA / "normal-mucosa").glob("*.jpg"))[::20]:
+    paths = sorted((DATA / "normal-mucosa").glob("*.jpg"))[::20]
+    assert len(paths) >= 50, f"expected the 2000 mucosa crops under {DATA}, found {len(paths) * 20}"
+    for path in paths:
         fraction = detect_fov(read_rgb(path)).visible_fraction()
         assert fraction > 0.98, f"{path.name}: only {fraction:.3f} visible"
 

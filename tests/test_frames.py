@@ -13,8 +13,9 @@ from PIL import Image
 from pipeline.errors import FrameCatalogError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import build_catalog, list_frames, load_frame
+from pipeline.testing.data import shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data()
 MUCOSA = DATA / "normal-mucosa"
 KVASIR = DATA / "kvasir-seg" / "images"
 

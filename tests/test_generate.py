@@ -8,17 +8,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.generate.composite import repaint_region
 from pipeline.config import config_from_dict
-from pipeline.generate.worker import prepare_sample
-from pipeline.executors.local import LocalExecutor
-from pipeline.plan.plan import Plan
-from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
-from pipeline.generate.shards import SHARD_DIR, decode_png, shard_url
+from pipeline.core.layout import MANIFEST_FILE, SHARD_DIR, SUCCESS_FILE, RunLayout
 from pipeline.core.timing import StageTimer
+from pipeline.executors.local import LocalExecutor
+from pipeline.generate.composite import repaint_region
+from pipeline.generate.runner import run_generate
+from pipeline.generate.shards import decode_png
+from pipeline.generate.worker import prepare_sample
+from pipeline.plan.plan import Plan
+from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data()
 
 
 def job(out, model, frames=DATA / "normal-mucosa", **overrides):
@@ -75,7 +77,7 @@ def test_masks_are_the_planned_labels_and_pixels_outside_the_repaint_region_are_
 
 def test_rerun_skips_valid_shards_and_regenerates_corrupt_ones_identically(first_run):
     config, _ = first_run
-    first, second = shard_url(config.run_dir(), 0), shard_url(config.run_dir(), 1)
+    first, second = RunLayout(config.run_dir()).shard(0), RunLayout(config.run_dir()).shard(1)
     before = Path(first).stat().st_mtime_ns, Path(second).read_bytes()
     Path(second).write_bytes(Path(second).read_bytes()[:500])  # a corrupt shard
     summary = run_generate(config, LocalExecutor())
@@ -89,7 +91,8 @@ def test_rerun_skips_valid_shards_and_regenerates_corrupt_ones_identically(first
 def test_batch_size_does_not_change_the_pictures(first_run, tmp_path, tiny_model_dir):
     config, _ = first_run
     single = job(tmp_path, tiny_model_dir, **{"engine.batch_size": 1})
-    run_generate(single, LocalExecutor())
+    summary = run_generate(single, LocalExecutor())
+    assert summary.ok and summary.written_samples == 6 and summary.shards_skipped == 0
     for a, b in zip(shard_rows(config.run_dir()), shard_rows(single.run_dir())):
         assert a["sample_id"] == b["sample_id"]
         diff = np.abs(decode_png(a["image"]["bytes"]).astype(int) - decode_png(b["image"]["bytes"]).astype(int))
@@ -136,6 +139,6 @@ def test_a_run_on_object_storage(s3_server, tmp_path, tiny_model_dir):
     assert storage.list_names(run) == ["_SUCCESS", "manifest.json", "plan.parquet", "shards"]
     assert run_generate(config, LocalExecutor()).shards_skipped == 1  # validated in place on S3
     local = tmp_path / "copy.parquet"
-    local.write_bytes(storage.read_bytes(shard_url(run, 0)))
+    local.write_bytes(storage.read_bytes(RunLayout(run).shard(0)))
     ds = datasets.load_dataset("parquet", data_files=str(local), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds[0]["image"].size == (96, 96) and ds[0]["mask"].mode == "L"

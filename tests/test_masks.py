@@ -14,11 +14,22 @@ from skimage.measure import label, regionprops
 from pipeline.errors import MaskPresetError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.masks.fit import fit_preset
-from pipeline.plan.masks.stats import KS_STATS, ks_report, load_reference_stats, mask_stats
-from pipeline.plan.masks.shapes import MaskParams, MaskPreset, draw_mask, sample_mask_params
+from pipeline.plan.masks.shapes import (
+    MaskParams,
+    MaskPreset,
+    draw_mask,
+    sample_mask_params,
+)
+from pipeline.plan.masks.stats import (
+    KS_STATS,
+    ks_report,
+    load_reference_stats,
+    mask_stats,
+)
+from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-KVASIR = ROOT.parent / "shared" / "data" / "kvasir-seg" / "masks"
+KVASIR = shared_data() / "kvasir-seg" / "masks"
 DEFAULT = ROOT / "masks" / "default.yaml"
 KS_LIMIT = 0.10
 
@@ -26,7 +37,6 @@ KS_LIMIT = 0.10
 MORPHOLOGY = {"0-Ip": 0.10, "0-Isp": 0.15, "0-Is": 0.40, "0-IIa": 0.25, "0-IIb": 0.05, "0-IIc": 0.05}
 SIZE = {"diminutive": 0.30, "small": 0.35, "large": 0.25, "giant": 0.10}
 
-pytestmark = pytest.mark.skipif(not KVASIR.is_dir(), reason="needs ../shared/data/kvasir-seg")
 
 
 def bank_attributes(rng: np.random.Generator) -> dict[str, str]:

@@ -10,9 +10,10 @@ from pipeline.config import config_from_dict
 from pipeline.plan.frames import build_catalog
 from pipeline.plan.masks.shapes import MaskParams, draw_mask
 from pipeline.plan.plan import Plan, build_plan
+from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data()
 
 
 def job(tmp_path, **overrides):
@@ -64,7 +65,7 @@ def test_write_and_read_back(tmp_path, mucosa):
     plan = build_plan(config, catalog=mucosa)
     plan.write(config.run_dir())
     back = Plan.read(config.run_dir())
-    assert back.table.equals(plan.table) and back.meta["config_digest"] == config.digest()
+    assert back.table.equals(plan.table) and back.meta.config_digest == config.digest()
     assert back.shard_rows(1)[0]["plan_index"] == 8
 
 

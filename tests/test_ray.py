@@ -17,12 +17,14 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.plan.plan import Plan
-from pipeline.generate.shards import SHARD_DIR, decode_png
+from pipeline.core.layout import SHARD_DIR
 from pipeline.core.storage import TEMP_PREFIX
+from pipeline.generate.shards import decode_png
+from pipeline.plan.plan import Plan
+from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data()
 BIN = Path(sys.executable).parent
 
 

@@ -9,12 +9,14 @@ import ray
 from ray import cloudpickle
 
 from pipeline.config import config_from_dict
-from pipeline.generate.worker import ShardWorker
+from pipeline.core.layout import MANIFEST_FILE, SUCCESS_FILE
 from pipeline.executors.ray import RayExecutor, worker_count
-from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE, run_generate
+from pipeline.generate.runner import run_generate
+from pipeline.generate.worker import ShardWorker
+from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data()
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 
@@ -34,8 +36,8 @@ class BrokenOnShardOne(ShardWorker):
         return super().run(shard_index, rows)
 
 
-def broken_factory(config, run_dir, meta, attributes_type):
-    return BrokenOnShardOne(PassThroughEngine(), config.engine.output_resolution, run_dir, meta, attributes_type)
+def broken_factory(context):
+    return BrokenOnShardOne(PassThroughEngine(), context)
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +55,23 @@ def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(local_ray
         "engine": {"output_resolution": 64},
         "executor": {"kind": "ray", "shard_retries": 2, "max_workers": 2},
     })
-    summary = run_generate(config, RayExecutor(broken_factory))
+    summary = run_generate(config, RayExecutor(), factory=broken_factory)
     run = Path(config.run_dir())
     assert not summary.ok and [f.shard_index for f in summary.failed_shards] == [1]
     assert "disk on fire" in summary.line()
     assert summary.written_samples == 6 and not (run / SUCCESS_FILE).exists()
-    assert sorted(p.name for p in (run / "shards").iterdir()) == ["shard-00000.parquet", "shard-00002.parquet"]
+    assert sorted(p.name for p in (run / "shards").glob("*.parquet")) == ["shard-00000.parquet", "shard-00002.parquet"]
     manifest = json.loads((run / MANIFEST_FILE).read_text())
     assert not manifest["complete"] and manifest["failed_shards"][0]["shard_index"] == 1
     assert sum("shard 1 failed" in r.getMessage() for r in caplog.records) == 3  # first try + 2 retries
 
 
 def test_one_worker_per_gpu_never_more_than_the_work():
-    config = config_from_dict({"frames": {"source": "x"}})
+    config = config_from_dict({"frames": {"source": "x"}}).executor
     assert worker_count(config, gpus_available=8, shards=100) == 8
     assert worker_count(config, gpus_available=8, shards=3) == 3
     assert worker_count(config, gpus_available=0, shards=100) == 1
-    half = config_from_dict({"frames": {"source": "x"}, "executor": {"num_gpus_per_worker": 0.5}})
+    half = config_from_dict({"frames": {"source": "x"}, "executor": {"num_gpus_per_worker": 0.5}}).executor
     assert worker_count(half, gpus_available=2, shards=100) == 4
-    capped = config_from_dict({"frames": {"source": "x"}, "executor": {"max_workers": 2}})
+    capped = config_from_dict({"frames": {"source": "x"}, "executor": {"max_workers": 2}}).executor
     assert worker_count(capped, gpus_available=8, shards=100) == 2

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +23,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from pipeline.config import JobConfig
-from pipeline.errors import ExecutorError, PolypSynthError
-from pipeline.generate.worker import ShardResult, WorkerFactory, make_worker
-from pipeline.plan.plan import Plan
+from pipeline.config import ExecutorConfig
 from pipeline.core.progress import ProgressReporter
-from pipeline.generate.runner import ExecutionReport, ShardFailure, run_meta
+from pipeline.core.run import RunContext
+from pipeline.errors import ExecutorError, PolypSynthError
+from pipeline.executors.base import ExecutionReport, ShardFailure, WorkerFactory
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,13 @@ ACTOR_START_TIMEOUT_S = 900.0  # loading SDXL from a cold cache on a busy node c
 class ShardActor:
     """Holds one engine; `generate` turns a shard's plan rows into a written shard."""
 
-    def __init__(self, factory: WorkerFactory, config: JobConfig, run_dir: str, meta: dict[str, Any],
-                 attributes_type: Any):
+    def __init__(self, factory: WorkerFactory, context: RunContext):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # A user error (bad model path…) is kept and raised by `ready`, so the driver can print it as
         # it is instead of a bare "actor died".
         self.error: PolypSynthError | None = None
         try:
-            self.worker = factory(config, run_dir, meta, attributes_type)
+            self.worker = factory(context)
         except PolypSynthError as exc:
             self.error = exc
 
@@ -53,34 +53,69 @@ class ShardActor:
             raise self.error
         return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
 
-    def generate(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult:
+    def run(self, shard_index: int, rows: list[dict[str, Any]]) -> Any:
         # Replacement actors are not awaited through `ready`: report their load error, not a missing `worker`.
         if self.error is not None:
             raise self.error
         return self.worker.run(shard_index, rows)
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster (`address`, `RAY_ADDRESS`, or 'auto'); start a local Ray when there is none."""
+def _answers(address: str, timeout_s: float) -> bool:
+    """Whether something accepts a TCP connection at `host:port` within `timeout_s`; True for
+    addresses that are not host:port (ray://, cluster files), which Ray's own client checks."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return True
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address: str | None, timeout_s: float = 60.0) -> None:
+    """Join the cluster (`address`, `RAY_ADDRESS`, or 'auto'); start a local Ray when there is none.
+
+    Ray's GCS client retries a silent address forever, so a named address is probed first and the
+    join itself is bounded by `timeout_s` (`executor.connect_timeout_s`).
+    """
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    try:
-        ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
+    where = "executor.address" if address else "RAY_ADDRESS"
+    unreachable = ExecutorError(f"{where}: no Ray cluster answers at {target!r} (waited up to {timeout_s:.0f}s)")
+    if target != "auto" and not _answers(target, timeout_s):
+        raise unreachable
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise unreachable
+    if outcome[0] is None:
         log.info("joined Ray cluster at %s", target)
-    except ConnectionError:
-        if target != "auto":  # an address the user named: starting a local Ray instead would hide the mistake
-            where = "executor.address" if address else "RAY_ADDRESS"
-            raise ExecutorError(f"{where}: no Ray cluster answers at {target!r}") from None
-        ray.init(logging_level=logging.WARNING)
-        log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
+        return
+    if not isinstance(outcome[0], ConnectionError):
+        raise outcome[0]
+    if target != "auto":  # an address the user named: starting a local Ray instead would hide the mistake
+        raise unreachable from None
+    ray.init(logging_level=logging.WARNING)
+    log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
 
 
-def worker_count(config: JobConfig, gpus_available: float, shards: int) -> int:
+def worker_count(config: ExecutorConfig, gpus_available: float, shards: int) -> int:
     """One actor per GPU the cluster has (or one CPU actor), never more than there is work for."""
-    per_worker = config.executor.num_gpus_per_worker
-    if config.executor.max_workers:
-        wanted = config.executor.max_workers
+    per_worker = config.num_gpus_per_worker
+    if config.max_workers:
+        wanted = config.max_workers
     elif gpus_available and per_worker:
         wanted = int(gpus_available // per_worker)
     else:
@@ -101,55 +136,54 @@ class _Slot:
 
 
 class RayExecutor:
-    def __init__(self, worker_factory: WorkerFactory = make_worker):
-        self.worker_factory = worker_factory
+    def __init__(self, description: str = "generating"):
+        self.description = description
 
-    def execute(self, plan: Plan, shard_indices: list[int], config: JobConfig, run_dir: str) -> ExecutionReport:
-        connect(config.executor.address)
+    def execute(self, work: dict[int, list[dict[str, Any]]], context: RunContext,
+                factory: WorkerFactory) -> ExecutionReport:
+        settings = context.config.executor
+        connect(settings.address, settings.connect_timeout_s)
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        num_gpus = config.executor.num_gpus_per_worker if gpus else 0.0
-        count = worker_count(config, gpus, len(shard_indices))
-        actor_class = ray.remote(num_gpus=num_gpus, num_cpus=config.executor.num_cpus_per_worker,
+        num_gpus = settings.num_gpus_per_worker if gpus else 0.0
+        count = worker_count(settings, gpus, len(work))
+        actor_class = ray.remote(num_gpus=num_gpus, num_cpus=settings.num_cpus_per_worker,
                                  max_restarts=0, max_concurrency=1)(ShardActor)
-        meta, attributes_type = run_meta(plan), plan.attributes_type
-        log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus,
-                 config.executor.num_cpus_per_worker)
+        log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus, settings.num_cpus_per_worker)
 
         def spawn(i: int) -> _Slot:
             # Named (run, driver, index) so operators and tests can find a run's workers.
-            name = f"{plan.run_id}/{os.getpid()}/w{i}"
-            actor = actor_class.options(name=name, namespace=NAMESPACE).remote(
-                self.worker_factory, config, run_dir, meta, attributes_type)
+            name = f"{context.run_id}/{os.getpid()}/w{i}"
+            actor = actor_class.options(name=name, namespace=NAMESPACE).remote(factory, context)
             return _Slot(f"w{i}", actor)
 
         slots = [spawn(i) for i in range(count)]
         try:
-            return self._run(plan, shard_indices, config, slots, spawn)
+            return self._run(work, settings, slots, spawn)
         finally:  # also on a timeout or Ctrl-C: no actor keeps its GPU after the driver gives up
             for slot in slots:
                 ray.kill(slot.actor)
 
-    def _run(self, plan: Plan, shard_indices: list[int], config: JobConfig, slots: list[_Slot],
+    def _run(self, work: dict[int, list[dict[str, Any]]], settings: ExecutorConfig, slots: list[_Slot],
              spawn: Callable[[int], _Slot]) -> ExecutionReport:
         """Schedule shards on `slots` (replaced in place when an actor dies) until all are done or given up."""
         self._wait_ready(slots)
         report = ExecutionReport()
-        queue = list(shard_indices)
-        attempts = {index: 0 for index in shard_indices}
-        samples = plan.samples_in(shard_indices)
+        queue = list(work)
+        attempts = {index: 0 for index in work}
+        samples = sum(len(rows) for rows in work.values())
         spawned = len(slots)
-        timeout = config.executor.timeout_s
+        timeout = settings.timeout_s
 
         def status() -> str:
             finished = len(report.results) + len(report.failures)
-            return f"shards {finished}/{len(shard_indices)} | " + " ".join(f"{s.name}:{s.status}" for s in slots)
+            return f"shards {finished}/{len(work)} | " + " ".join(f"{s.name}:{s.status}" for s in slots)
 
-        with ProgressReporter("generating", total=samples, unit="samples") as progress:
+        with ProgressReporter(self.description, total=samples, unit="samples") as progress:
             while queue or any(slot.shard is not None for slot in slots):
                 for slot in slots:
                     if slot.shard is None and queue:
                         slot.shard = queue.pop(0)
-                        slot.ref = slot.actor.generate.remote(slot.shard, plan.shard_rows(slot.shard))
+                        slot.ref = slot.actor.run.remote(slot.shard, work[slot.shard])
                         slot.since, slot.status = time.monotonic(), f"shard {slot.shard}"
                 busy = [slot for slot in slots if slot.shard is not None]
                 done, _ = ray.wait([slot.ref for slot in busy], num_returns=1, timeout=min(timeout, 10.0))
@@ -164,16 +198,16 @@ class RayExecutor:
                         continue
                     index, slot.shard = slot.shard, None
                     try:
-                        result: ShardResult = ray.get(slot.ref, timeout=60)
+                        result = ray.get(slot.ref, timeout=60)
                     except RayError as exc:  # task error, actor death, lost object, timeout
                         slot.status = "idle"
                         error = _describe(exc)
                         attempts[index] += 1
                         log.warning("shard %d failed on worker %s (attempt %d): %s", index, slot.name,
                                     attempts[index], error)
-                        if attempts[index] > config.executor.shard_retries:
+                        if attempts[index] > settings.shard_retries:
                             report.failures.append(ShardFailure(index, error))
-                            progress.update(len(plan.shard_rows(index)), extra=status())
+                            progress.update(len(work[index]), extra=status())
                         else:
                             queue.append(index)
                         if isinstance(exc, RayActorError):
@@ -185,7 +219,7 @@ class RayExecutor:
                         continue
                     report.results.append(result)
                     slot.status = "idle"
-                    progress.update(result.info.rows + len(result.info.failed), extra=status())
+                    progress.update(len(work[index]), extra=status())
         return report
 
     @staticmethod

@@ -11,39 +11,24 @@ import datetime as _dt
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 from pipeline import __version__
-from pipeline.core import storage
 from pipeline.config import JobConfig
+from pipeline.core import storage
+from pipeline.core.layout import RunLayout
 from pipeline.errors import ShardError
-from pipeline.generate.worker import ShardResult
-from pipeline.plan.plan import Plan, build_plan
-from pipeline.generate.shards import SHARD_DIR, ShardInfo, shard_name, validate_shard
+from pipeline.executors.base import (
+    ExecutionReport,
+    Executor,
+    ShardFailure,
+    WorkerFactory,
+)
+from pipeline.generate.shards import ShardInfo, validate_shard
+from pipeline.generate.worker import make_worker
+from pipeline.plan.plan import Plan, build_plan, planned_count
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.json"
-SUCCESS_FILE = "_SUCCESS"
-
-
-@dataclass
-class ShardFailure:
-    shard_index: int
-    error: str
-
-
-@dataclass
-class ExecutionReport:
-    """What an executor hands back: per-shard results (small stats only) and shards that gave up."""
-
-    results: list[ShardResult] = field(default_factory=list)
-    failures: list[ShardFailure] = field(default_factory=list)
-
-
-class Executor(Protocol):
-    def execute(self, plan: Plan, shard_indices: list[int], config: JobConfig, run_dir: str) -> ExecutionReport: ...
 
 
 @dataclass
@@ -71,18 +56,12 @@ class RunSummary:
         return text
 
 
-def run_meta(plan: Plan) -> dict[str, Any]:
-    """Provenance copied into every shard's metadata."""
-    return {"run_id": plan.run_id, "pipeline_version": __version__, "plan_digest": plan.digest,
-            "config": plan.meta["config"]}
-
-
 def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     """The run's plan: reused when it was made from this job, so a re-run regenerates the same ids."""
-    wanted = min(n, config.samples) if n else config.samples
-    if storage.exists(storage.join(run_dir, "plan.parquet")):
+    wanted = planned_count(config, n)
+    if storage.exists(RunLayout(run_dir).plan):
         plan = Plan.read(run_dir)
-        if plan.meta["config_digest"] == config.digest() and plan.num_samples == wanted:
+        if plan.meta.config_digest == config.digest() and plan.num_samples == wanted:
             log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
             return plan
         raise ShardError(
@@ -94,24 +73,28 @@ def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     return plan
 
 
-def run_generate(config: JobConfig, executor: Executor, n: int | None = None) -> RunSummary:
+def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
+                 factory: WorkerFactory = make_worker) -> RunSummary:
     start = time.monotonic()
     run_dir = config.run_dir()
+    layout = RunLayout(run_dir)
     plan = load_or_build_plan(config, run_dir, n)
-    swept = storage.remove_stale_temps(storage.join(run_dir, SHARD_DIR))
+    swept = storage.remove_stale_temps(layout.shard_dir)
     if swept:
         log.info("removed %d temp files left by interrupted writers", swept)
-    storage.remove(storage.join(run_dir, SUCCESS_FILE))  # set again only if this attempt completes
+    storage.remove(layout.success)  # set again only if this attempt completes
 
     done: dict[int, ShardInfo] = {}
     for index in plan.shard_indices:
-        info = validate_shard(run_dir, index, [r["sample_id"] for r in plan.shard_rows(index)])
+        info = validate_shard(layout, index, [r["sample_id"] for r in plan.shard_rows(index)])
         if info is not None:
             done[index] = info
     todo = [index for index in plan.shard_indices if index not in done]
     log.info("%d shards planned, %d already complete, %d to generate", len(plan.shard_indices), len(done), len(todo))
 
-    report = executor.execute(plan, todo, config, run_dir) if todo else ExecutionReport()
+    context = plan.context(config, layout)
+    work = {index: plan.shard_rows(index) for index in todo}
+    report = executor.execute(work, context, factory) if todo else ExecutionReport()
     for result in report.results:
         done[result.info.shard_index] = result.info
     summary = RunSummary(
@@ -121,14 +104,14 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None) ->
         shards_total=len(plan.shard_indices), shards_skipped=len(plan.shard_indices) - len(todo),
         failed_shards=report.failures, seconds=time.monotonic() - start,
     )
-    _write_manifest(run_dir, plan, done, report, summary)
+    _write_manifest(layout, plan, done, report, summary)
     if summary.ok:
-        storage.write_bytes_atomic(storage.join(run_dir, SUCCESS_FILE), b"")
+        storage.write_bytes_atomic(layout.success, b"")
     log.info(summary.line())
     return summary
 
 
-def _write_manifest(run_dir: str, plan: Plan, done: dict[int, ShardInfo], report: ExecutionReport,
+def _write_manifest(layout: RunLayout, plan: Plan, done: dict[int, ShardInfo], report: ExecutionReport,
                     summary: RunSummary) -> None:
     stage_seconds: dict[str, float] = {}
     for result in report.results:
@@ -143,7 +126,7 @@ def _write_manifest(run_dir: str, plan: Plan, done: dict[int, ShardInfo], report
         "samples": {"planned": summary.planned_samples, "written": summary.written_samples,
                     "failed": summary.failed_samples},
         "shards": [
-            {"index": i, "file": f"{SHARD_DIR}/{shard_name(i)}", "rows": info.rows, "failed": len(info.failed),
+            {"index": i, "file": layout.shard_file(i), "rows": info.rows, "failed": len(info.failed),
              "bytes": info.bytes, "sha256": info.sha256}
             for i, info in sorted(done.items())
         ],
@@ -151,6 +134,6 @@ def _write_manifest(run_dir: str, plan: Plan, done: dict[int, ShardInfo], report
         "failed_shards": [{"shard_index": f.shard_index, "error": f.error} for f in report.failures],
         "timings": {"wall_seconds": round(summary.seconds, 3),
                     "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())}},
-        "config": plan.meta["config"],
+        "config": plan.meta.config,
     }
-    storage.write_bytes_atomic(storage.join(run_dir, MANIFEST_FILE), json.dumps(manifest, indent=2).encode())
+    storage.write_bytes_atomic(layout.manifest, json.dumps(manifest, indent=2).encode())

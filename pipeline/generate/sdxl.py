@@ -39,10 +39,15 @@ from diffusers import (
 from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 
-from pipeline.generate.composite import composite, repaint_region, resize_image, resize_mask
 from pipeline.config import EngineConfig
-from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.core.timing import StageTimer
+from pipeline.errors import ConfigError, ModelLoadError
+from pipeline.generate.composite import (
+    composite,
+    repaint_region,
+    resize_image,
+    resize_mask,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ planned ids = rows + failed, which is what `validate_shard` checks on resume.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -18,21 +17,11 @@ import datasets
 import fpng
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.core import storage
+from pipeline.core import parquet, storage
+from pipeline.core.digests import digest, sha256_hex
+from pipeline.core.layout import RunLayout
 from pipeline.errors import ShardError
-
-SHARD_DIR = "shards"
-_META_KEY = b"polyp_synth"
-
-
-def shard_name(shard_index: int) -> str:
-    return f"shard-{shard_index:05d}.parquet"
-
-
-def shard_url(run_dir: str, shard_index: int) -> str:
-    return storage.join(run_dir, SHARD_DIR, shard_name(shard_index))
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -122,55 +111,58 @@ def _hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """What the driver needs to know of a written shard (no pixels)."""
+    """What the driver needs to know of a written shard (no pixels); also its completion record."""
 
     shard_index: int
     rows: int
     failed: list[dict[str, str]]
     bytes: int
     sha256: str
+    ids_digest: str  # digest of the planned ids it accounts for (rows + failed), sorted
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
 
 
-def write_shard(run_dir: str, shard_index: int, table: pa.Table, failed: list[dict[str, str]],
-                run_meta: dict[str, Any]) -> ShardInfo:
-    """Write a shard atomically. `failed` lists {sample_id, reason} of planned samples left out."""
-    meta = {"shard_index": shard_index, "failed": failed, **run_meta}
-    metadata = {**_hf_metadata(table.schema), _META_KEY: json.dumps(meta).encode()}
-    sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
-    storage.write_bytes_atomic(shard_url(run_dir, shard_index), data)
-    return ShardInfo(shard_index, table.num_rows, failed, len(data), hashlib.sha256(data).hexdigest())
+def ids_digest(sample_ids: list[str]) -> str:
+    return digest("\n".join(sorted(sample_ids)))
+
+
+def write_shard(layout: RunLayout, shard_index: int, table: pa.Table, failed: list[dict[str, str]],
+                provenance: dict[str, Any]) -> ShardInfo:
+    """Write a shard atomically, then its completion record. `failed` lists {sample_id, reason} of
+    planned samples left out. A crash between the two leaves a shard without a record: regenerated."""
+    meta = {"shard_index": shard_index, "failed": failed, **provenance}
+    data = parquet.write(layout.shard(shard_index), table, meta, _hf_metadata(table.schema))
+    ids = table.column("sample_id").to_pylist() + [entry["sample_id"] for entry in failed]
+    info = ShardInfo(shard_index, table.num_rows, failed, len(data), sha256_hex(data), ids_digest(ids))
+    storage.write_bytes_atomic(layout.shard_done(shard_index), info.to_json())
+    return info
 
 
 def read_shard(url: str) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+        return parquet.read(url)
     except FileNotFoundError:
         raise ShardError(f"{url}: no such shard") from None
     except (pa.ArrowInvalid, OSError) as exc:
         raise ShardError(f"{url}: unreadable shard ({exc})") from None
 
 
-def shard_meta(table: pa.Table | pa.Schema) -> dict[str, Any]:
-    """The shard's provenance (run_id, config, failed samples…) from a shard table or its schema."""
-    schema = table if isinstance(table, pa.Schema) else table.schema
-    return json.loads(schema.metadata[_META_KEY])
-
-
-def validate_shard(run_dir: str, shard_index: int, planned_ids: list[str]) -> ShardInfo | None:
-    """The shard's info if it exists, reads, and holds exactly its planned samples (rows + failed);
-    None if it must be (re)generated."""
-    url = shard_url(run_dir, shard_index)
+def validate_shard(layout: RunLayout, shard_index: int, planned_ids: list[str]) -> ShardInfo | None:
+    """The shard's info if it is complete and holds exactly its planned samples; None if it must be
+    (re)generated. Never reads the shard's pixels: its completion record (a few hundred bytes), its
+    size (object metadata) and its Parquet footer (a range read) are enough, so resuming a run of
+    1,000 shards on object storage costs kilobytes per shard, not the run."""
+    url = layout.shard(shard_index)
     try:
-        data = storage.read_bytes(url)
-        footer = pq.ParquetFile(pa.BufferReader(data))
-        ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
-        meta = shard_meta(footer.schema_arrow)
+        info = ShardInfo(**json.loads(storage.read_bytes(layout.shard_done(shard_index))))
+        fs, path = storage.filesystem(url)
+        if fs.size(path) != info.bytes or info.ids_digest != ids_digest(planned_ids):
+            return None
+        with parquet.read_footer(url) as footer:
+            meta = parquet.provenance(footer.schema_arrow)
+            complete = footer.metadata.num_rows == info.rows and len(meta.get("failed", [])) == len(info.failed)
     except (FileNotFoundError, pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError):
         return None
-    failed = meta.get("failed", [])
-    accounted = ids + [entry["sample_id"] for entry in failed]
-    if len(accounted) != len(planned_ids) or set(accounted) != set(planned_ids):
-        return None
-    return ShardInfo(shard_index, len(ids), failed, len(data), hashlib.sha256(data).hexdigest())
+    return info if complete else None

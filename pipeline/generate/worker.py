@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
 
+from pipeline.core.run import RunContext
+from pipeline.core.timing import StageTimer
+from pipeline.errors import PolypSynthError
 from pipeline.generate import shards
 from pipeline.generate.composite import resize_image
-from pipeline.config import JobConfig
-from pipeline.errors import PolypSynthError
 from pipeline.plan.frames import load_frame
 from pipeline.plan.masks.shapes import MaskParams, draw_mask
-from pipeline.core.timing import StageTimer
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +55,18 @@ class ShardResult:
     info: shards.ShardInfo
     seconds: dict[str, float]
 
+    @property
+    def samples(self) -> int:
+        """Planned samples this shard accounted for: written or failed."""
+        return self.info.rows + len(self.info.failed)
+
 
 class ShardWorker:
-    """Generates whole shards with one engine. `run_meta` holds run_id, pipeline_version, config."""
+    """Generates whole shards of one run with one engine."""
 
-    def __init__(self, engine: Engine, output_resolution: int | None, run_dir: str, run_meta: dict[str, Any],
-                 attributes_type: pa.DataType):
-        self.engine, self.output_resolution = engine, output_resolution
-        self.run_dir, self.run_meta, self.attributes_type = run_dir, run_meta, attributes_type
+    def __init__(self, engine: Engine, context: RunContext):
+        self.engine, self.context = engine, context
+        self.output_resolution = context.config.engine.output_resolution
 
     def run(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult:
         timer = StageTimer()
@@ -84,32 +86,24 @@ class ShardWorker:
             [row["prompt"] for row, _, _ in ready], [row["negative_prompt"] for row, _, _ in ready],
             [row["seed"] for row, _, _ in ready], timer,
         ) if ready else []
-        provenance = {"engine": self.engine.identity, "run_id": self.run_meta["run_id"],
-                      "pipeline_version": self.run_meta["pipeline_version"]}
+        provenance = {"engine": self.engine.identity, "run_id": self.context.run_id,
+                      "pipeline_version": self.context.pipeline_version}
         for (row, _, mask), image in zip(ready, images):
             done.append({**row, "image": image, "mask": mask, **provenance})
 
-        table = timer.time("png_encode", lambda: shards.shard_table(done, self.attributes_type))
-        info = timer.time("write", lambda: shards.write_shard(self.run_dir, shard_index, table, failed, self.run_meta))
+        table = timer.time("png_encode", lambda: shards.shard_table(done, self.context.attributes_type))
+        info = timer.time("write", lambda: shards.write_shard(self.context.layout, shard_index, table, failed,
+                                                              self.context.provenance()))
         return ShardResult(info, dict(timer.seconds))
 
 
-class Worker(Protocol):
-    def run(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult: ...
-
-
-# (config, run_dir, run_meta, attributes_type) -> a worker; executors take one so benchmarks and
-# tests can swap the engine without touching scheduling.
-WorkerFactory = Callable[[JobConfig, str, dict[str, Any], pa.DataType], Worker]
-
-
-def make_worker(config: JobConfig, run_dir: str, run_meta: dict[str, Any], attributes_type: pa.DataType) -> ShardWorker:
+def make_worker(context: RunContext) -> ShardWorker:
     """Load the configured engine (building the tiny test model first if the job asks for it)."""
     from pipeline.generate.sdxl import InpaintEngine
     from pipeline.testing.tiny_model import build_tiny_model
 
-    if config.engine.build_tiny_if_missing and not Path(config.engine.model).exists():
-        log.info("building the tiny random model at %s", config.engine.model)
-        build_tiny_model(config.engine.model)
-    engine = InpaintEngine(config.engine)
-    return ShardWorker(engine, config.engine.output_resolution, run_dir, run_meta, attributes_type)
+    engine_config = context.config.engine
+    if engine_config.build_tiny_if_missing and not Path(engine_config.model).exists():
+        log.info("building the tiny random model at %s", engine_config.model)
+        build_tiny_model(engine_config.model)
+    return ShardWorker(InpaintEngine(engine_config), context)

@@ -24,9 +24,9 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core import storage
+from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
 from pipeline.plan.fov import FieldOfView, detect_fov
-from pipeline.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

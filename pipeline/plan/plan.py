@@ -8,7 +8,6 @@ plan do not depend on how many samples were planned (`--n` is a prefix of the fu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -21,22 +20,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from pipeline import __version__
-from pipeline.core import storage
 from pipeline.config import JobConfig
-from pipeline.errors import ShardError
+from pipeline.core import parquet
+from pipeline.core.digests import digest, seed_from
+from pipeline.core.layout import RunLayout
+from pipeline.core.progress import progress_bar
+from pipeline.core.run import RunContext
+from pipeline.errors import ConfigError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog
 from pipeline.plan.masks.shapes import MaskPreset, sample_mask_params
-from pipeline.core.progress import progress_bar
 from pipeline.plan.prompts.bank import PromptBank, PromptSample
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.parquet"
-_META_KEY = b"polyp_synth"  # schema metadata key of the plan's provenance
 # Engine settings that change a sample's pixels, and therefore its identity. Batch size and device
 # are deliberately absent: the same sample comes out of any batch on any device.
 _PIXEL_SETTINGS = (
@@ -47,26 +47,63 @@ _PIXEL_SETTINGS = (
 
 def sample_seed(run_seed: int, index: int) -> int:
     """Generator seed of sample `index`: a hash, so neighbouring samples get unrelated noise."""
-    digest = hashlib.sha256(f"polyp-synth/{run_seed}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # fits int64
+    return seed_from(f"polyp-synth/{run_seed}/{index}")
 
 
 def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, seed: int, engine_json: str) -> str:
     """Content hash of everything that defines a sample's pixels and label."""
-    blob = "\x1f".join((frame_sha256, prompt, negative, mask_json, str(seed), engine_json)).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+    return digest("\x1f".join((frame_sha256, prompt, negative, mask_json, str(seed), engine_json)), length=32)
+
+
+def planned_count(config: JobConfig, n: int | None) -> int:
+    """How many samples a plan holds: the job's, or its first `n` (refused beyond the job's size)."""
+    if n is not None and n > config.samples:
+        raise ConfigError(f"--n {n}: the job plans only samples={config.samples}; "
+                          f"raise it with --set samples={n}, or ask for fewer")
+    return n or config.samples
+
+
+class SkippedFrameInfo(BaseModel):
+    uri: str
+    reason: str
+
+
+class FramesInfo(BaseModel):
+    source: str
+    digest: str
+    usable: int
+    skipped: list[SkippedFrameInfo]
+
+
+class InputInfo(BaseModel):
+    path: str
+    digest: str
+
+
+class PlanMeta(BaseModel):
+    """The provenance a plan was made from, stored in its Parquet schema metadata."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    config: dict[str, Any]  # the job config as planned (JSON); `config_digest` identifies it
+    config_digest: str
+    frames: FramesInfo
+    prompt_bank: InputInfo
+    mask_preset: InputInfo
+    pipeline_version: str
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The plan table plus the provenance it was made from (stored as Parquet schema metadata)."""
+    """The plan table plus the provenance it was made from."""
 
     table: pa.Table
-    meta: dict[str, Any]
+    meta: PlanMeta
 
     @property
     def run_id(self) -> str:
-        return self.meta["run_id"]
+        return self.meta.run_id
 
     @property
     def num_samples(self) -> int:
@@ -96,23 +133,24 @@ class Plan:
 
     @cached_property
     def digest(self) -> str:
-        ids = "\n".join(self.table.column("sample_id").to_pylist())
-        return hashlib.sha256(ids.encode()).hexdigest()[:16]
+        return digest("\n".join(self.table.column("sample_id").to_pylist()))
+
+    def context(self, config: JobConfig, layout: RunLayout) -> RunContext:
+        """What the workers of this plan's run need."""
+        return RunContext(layout=layout, config=config, run_id=self.run_id, plan_digest=self.digest,
+                          attributes_type=self.attributes_type)
 
     def write(self, run_dir: str) -> str:
-        url = storage.join(run_dir, PLAN_FILE)
-        table = self.table.replace_schema_metadata({_META_KEY: json.dumps(self.meta)})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        storage.write_bytes_atomic(url, sink.getvalue().to_pybytes())
+        url = RunLayout(run_dir).plan
+        parquet.write(url, self.table, self.meta.model_dump(mode="json"))
         return url
 
     @classmethod
     def read(cls, run_dir: str) -> Plan:
-        url = storage.join(run_dir, PLAN_FILE)
+        url = RunLayout(run_dir).plan
         try:
-            table = pq.read_table(pa.BufferReader(storage.read_bytes(url)))
-            meta = json.loads(table.schema.metadata[_META_KEY])
+            table = parquet.read(url)
+            meta = PlanMeta.model_validate(parquet.provenance(table.schema))
         except FileNotFoundError:
             raise ShardError(f"{url}: no plan here; run `polyp-synth plan` first") from None
         except (pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError) as exc:
@@ -168,7 +206,7 @@ def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, 
 
 def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None) -> Plan:
     """Turn a job config into its plan; `n` plans only the first n samples of the job."""
-    total = min(n, config.samples) if n else config.samples
+    total = planned_count(config, n)
     catalog = catalog or build_catalog(
         config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
         workers=min(8, os.cpu_count() or 1),  # decoding and detection release the GIL
@@ -198,16 +236,16 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
             rows[name].append(value)
 
     table = pa.table({name: pa.array(values, type=_COLUMNS[name]) for name, values in rows.items()})
-    meta = {
-        "run_id": config.resolved_run_id(),
-        "config": config.model_dump(mode="json"),
-        "config_digest": config.digest(),
-        "frames": {"source": catalog.source, "digest": catalog.digest(), "usable": len(catalog.records),
-                   "skipped": [{"uri": s.uri, "reason": s.reason} for s in catalog.skipped]},
-        "prompt_bank": {"path": config.prompts.bank, "digest": bank.digest()},
-        "mask_preset": {"path": config.masks.preset, "digest": preset.digest()},
-        "pipeline_version": __version__,
-    }
+    meta = PlanMeta(
+        run_id=config.resolved_run_id(),
+        config=config.model_dump(mode="json"),
+        config_digest=config.digest(),
+        frames=FramesInfo(source=catalog.source, digest=catalog.digest(), usable=len(catalog.records),
+                          skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped]),
+        prompt_bank=InputInfo(path=config.prompts.bank, digest=bank.digest()),
+        mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
+        pipeline_version=__version__,
+    )
     log.info("planned %d samples in %d shards from %d frames", total,
              -(-total // config.shard_size), len(catalog.records))
     return Plan(table, meta)

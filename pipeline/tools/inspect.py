@@ -9,13 +9,11 @@ import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.core import storage
+from pipeline.core import parquet, storage
+from pipeline.core.layout import MANIFEST_FILE, PLAN_FILE, SUCCESS_FILE, RunLayout
 from pipeline.errors import ShardError
-from pipeline.plan.plan import PLAN_FILE, Plan
-from pipeline.generate.runner import MANIFEST_FILE, SUCCESS_FILE
-from pipeline.generate.shards import SHARD_DIR, shard_meta
+from pipeline.plan.plan import Plan
 
 
 def _shard_footer(url: str, with_engine: bool) -> tuple[int, int, int, dict[str, Any]]:
@@ -23,10 +21,9 @@ def _shard_footer(url: str, with_engine: bool) -> tuple[int, int, int, dict[str,
     and one small column: opened as a file, so an object store sends those ranges, not the pixels."""
     fs, path = storage.filesystem(url)
     try:
-        with fs.open(path, "rb") as handle:
-            footer = pq.ParquetFile(handle)
+        with parquet.read_footer(url) as footer:
             rows = footer.metadata.num_rows
-            failed = len(shard_meta(footer.schema_arrow).get("failed", []))
+            failed = len(parquet.provenance(footer.schema_arrow).get("failed", []))
             engine = {}
             if rows and with_engine:
                 engine = footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py() or {}
@@ -40,25 +37,26 @@ def summarise_run(run_dir: str) -> str:
     if PLAN_FILE not in names:
         raise ShardError(f"{run_dir}: not a run directory (no {PLAN_FILE})")
     plan = Plan.read(run_dir)
-    shard_names = [n for n in storage.list_names(storage.join(run_dir, SHARD_DIR)) if n.endswith(".parquet")]
+    layout = RunLayout(run_dir)
+    shard_names = [n for n in storage.list_names(layout.shard_dir) if n.endswith(".parquet")]
 
     rows = failed = size = 0
     engine: dict[str, Any] = {}
     for name in shard_names:
-        url = storage.join(run_dir, SHARD_DIR, name)
+        url = storage.join(layout.shard_dir, name)
         shard_rows, shard_failed, shard_size, shard_engine = _shard_footer(url, with_engine=not engine)
         rows, failed, size = rows + shard_rows, failed + shard_failed, size + shard_size
         engine = engine or shard_engine
 
     status = "complete" if SUCCESS_FILE in names else "incomplete (run it again to resume)"
-    config = plan.meta["config"]
+    config = plan.meta.config
     lines = [
         f"run        {plan.run_id}  ({run_dir})",
         f"status     {status}",
         f"plan       {plan.num_samples} samples in {len(plan.shard_indices)} shards, seed {config['seed']}, "
         f"digest {plan.digest}",
-        f"frames     {plan.meta['frames']['usable']} usable from {plan.meta['frames']['source']}, "
-        f"{len(plan.meta['frames']['skipped'])} skipped",
+        f"frames     {plan.meta.frames.usable} usable from {plan.meta.frames.source}, "
+        f"{len(plan.meta.frames.skipped)} skipped",
         f"shards     {len(shard_names)} written, {rows} samples, {failed} failed samples, {size / 1e6:.1f} MB",
     ]
     if engine:
@@ -66,7 +64,7 @@ def summarise_run(run_dir: str) -> str:
             f"{key}={engine[key]}" for key in ("model", "scheduler", "steps", "guidance_scale", "strength",
                                                "resolution", "dtype", "device") if key in engine))
     if MANIFEST_FILE in names:
-        manifest = json.loads(storage.read_bytes(storage.join(run_dir, MANIFEST_FILE)))
+        manifest = json.loads(storage.read_bytes(layout.manifest))
         lines.append(f"timings    {manifest['timings']['wall_seconds']}s wall; "
                      + ", ".join(f"{k} {v}s" for k, v in manifest["timings"]["stage_seconds"].items()))
         for failure in manifest["failed_shards"]:

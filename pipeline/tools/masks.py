@@ -14,12 +14,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.core.progress import progress_bar
 from pipeline.errors import ConfigError
 from pipeline.plan.fov import FieldOfView
+from pipeline.plan.masks.shapes import (
+    MaskParams,
+    MaskPreset,
+    draw_mask,
+    sample_mask_params,
+)
 from pipeline.plan.masks.stats import ks_report, load_reference_stats, mask_stats
-from pipeline.plan.masks.shapes import MaskParams, MaskPreset, draw_mask, sample_mask_params
 from pipeline.plan.plan import mask_rng
-from pipeline.core.progress import progress_bar
 from pipeline.plan.prompts.bank import PromptBank
 
 log = logging.getLogger(__name__)

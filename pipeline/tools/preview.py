@@ -14,13 +14,14 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.core import storage
 from pipeline.config import JobConfig
+from pipeline.core import storage
+from pipeline.core.layout import RunLayout
+from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ShardError
+from pipeline.generate.shards import decode_png, read_shard
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.plan import build_plan
-from pipeline.generate.shards import SHARD_DIR, decode_png, read_shard
-from pipeline.core.timing import StageTimer
 
 TILE = 256
 CAPTION_LINES = 6
@@ -75,12 +76,13 @@ def plan_sheet(config: JobConfig, n: int, out: str) -> None:
 def run_sheet(run_dir: str, n: int, out: str) -> None:
     """Generated images, label outlines and prompts of the first n samples in a run's shards."""
     cells = []
-    for name in storage.list_names(storage.join(run_dir, SHARD_DIR)):
+    shard_dir = RunLayout(run_dir).shard_dir
+    for name in storage.list_names(shard_dir):
         if len(cells) >= n:
             break
         if not name.endswith(".parquet"):
             continue
-        table = read_shard(storage.join(run_dir, SHARD_DIR, name))
+        table = read_shard(storage.join(shard_dir, name))
         for row in table.select(["image", "mask", "prompt"]).slice(0, n - len(cells)).to_pylist():
             cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), row["prompt"]))
     if not cells:

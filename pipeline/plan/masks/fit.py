@@ -20,7 +20,6 @@ import numpy as np
 
 from pipeline.errors import MaskPresetError
 from pipeline.plan.fov import FieldOfView
-from pipeline.plan.masks.stats import KS_STATS, ks_report, load_reference_stats, mask_stats
 from pipeline.plan.masks.shapes import (
     Harmonics,
     MaskPreset,
@@ -30,6 +29,12 @@ from pipeline.plan.masks.shapes import (
     StalkSpec,
     draw_mask,
     sample_with_levels,
+)
+from pipeline.plan.masks.stats import (
+    KS_STATS,
+    ks_report,
+    load_reference_stats,
+    mask_stats,
 )
 
 log = logging.getLogger(__name__)
