@@ -55,3 +55,11 @@ class ShardError(PolypSynthError):
 
 class ExecutorError(PolypSynthError):
     """Distributed execution failed: a wait timed out, workers died, shards kept failing."""
+
+
+class BackboneError(PolypSynthError):
+    """Pretrained image-network weights are missing or do not fit the architecture."""
+
+
+class GateError(PolypSynthError):
+    """A reference, a feature extractor or a gate result is missing, invalid or does not match."""
