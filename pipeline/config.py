@@ -42,15 +42,13 @@ class MasksConfig(_Section):
 class EngineConfig(_Section):
     """SDXL inpainting settings; everything here is recorded in each shard's `engine` column."""
 
-    model: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    model: str = Field("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                       description="hub id, local folder, or testing/tiny-random (random weights, for tests)")
     revision: str | None = None
     variant: str | None = None
     vae: str | None = Field(None, description="separate VAE (hub id or path), e.g. the fp16-fix VAE")
     lora: str | None = Field(None, description="LoRA weights (hub id, folder or .safetensors file)")
     allow_pickle: bool = Field(False, description="allow loading non-safetensors checkpoints")
-    build_tiny_if_missing: bool = Field(
-        False, description="if `model` is a local path that does not exist, build a tiny random model there"
-    )
     batch_size: int = Field(4, gt=0)
     resolution: int = Field(1024, gt=0, multiple_of=8, description="working resolution (square)")
     output_resolution: int | None = Field(

@@ -1,6 +1,7 @@
 """The `polyp-synth` command as a user runs it: outputs, and one-line errors with exit code 2."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,9 @@ DATA = shared_data()
 
 
 def run(*args, cwd=ROOT):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no hub here: fail at once instead of retrying a network
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
 
 
 def test_prompts_prints_json_lines():
@@ -40,10 +42,13 @@ def test_prompts_prints_json_lines():
         (["inspect", "/no/such/run"], "not a run directory"),
         (["plan", "jobs/demo.yaml", "--config", "jobs/smoke.yaml"], "two job configs given"),
         (["masks", "sample", "--out", "README.md", "--n", "1"], "--out README.md: cannot create this folder"),
-        (["generate", "jobs/demo.yaml", "--set", "engine.model=/no/such/model", "--set",
-          "engine.build_tiny_if_missing=false", "--out", "{tmp}", "--n", "2"], "engine.model: /no/such/model"),
-        (["generate", "jobs/smoke.yaml", "--set", "engine.model=/no/such/model", "--set",
-          "engine.build_tiny_if_missing=false", "--out", "{tmp}", "--n", "2"], "engine.model: /no/such/model"),
+        (["generate", "jobs/demo.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
+         "/no/such/model: no such file or folder"),
+        (["generate", "jobs/demo.yaml", "--set", "engine.model=org/not-a-model", "--out", "{tmp}", "--n", "2"],
+         "engine.model: cannot load org/not-a-model"),
+        (["generate", "jobs/smoke.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
+         "/no/such/model: no such file or folder"),
+        (["generate", "jobs/demo.yaml", "--out", "{tmp}", "--n", "33"], "--n 33: the job plans only samples=32"),
     ],
 )
 def test_user_errors_are_one_line_naming_the_input(args, expected, tmp_path):
@@ -52,6 +57,7 @@ def test_user_errors_are_one_line_naming_the_input(args, expected, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("polyp-synth: error:") and expected in last
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "no").exists() and not (ROOT / "org").exists()  # a misspelt model never becomes one
 
 
 def test_plan_and_preview_before_spending_gpu_hours(tmp_path):

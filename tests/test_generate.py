@@ -18,6 +18,7 @@ from pipeline.generate.shards import decode_png
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.plan import Plan
 from pipeline.testing.data import shared_data
+from pipeline.tools.inspect import summarise_run
 
 ROOT = Path(__file__).parents[1]
 DATA = shared_data()
@@ -59,6 +60,8 @@ def test_run_writes_complete_shards_with_provenance(first_run):
     assert [r["sample_id"] for r in rows] == plan.table.column("sample_id").to_pylist()
     engine = rows[0]["engine"]
     assert engine["steps"] == 2 and engine["model"] == config.engine.model
+    assert engine["random_weights"] is True  # the tiny test model says so in every row…
+    assert "RANDOM model weights" in summarise_run(str(run))  # …and inspect says it out loud
     assert rows[0]["run_id"] == "e2e" and rows[0]["pipeline_version"]
 
 

@@ -48,6 +48,11 @@ from pipeline.generate.composite import (
     resize_image,
     resize_mask,
 )
+from pipeline.testing.tiny_model import (
+    TINY_MODEL_ID,
+    is_tiny_model,
+    reserved_tiny_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +248,8 @@ def load_pipeline(
     device: torch.device,
 ) -> StableDiffusionXLInpaintPipeline:
     """Load the pipeline once per process (cached on everything that shapes it)."""
+    if model == TINY_MODEL_ID:
+        model = str(reserved_tiny_model())
     path = _local_path(model, "engine.model")
     if path is not None:
         _check_pipeline_folder(path, allow_pickle)
@@ -325,6 +332,7 @@ class InpaintEngine:
             "device": str(self.device),
             "mask_dilation": c.mask_dilation,
             "mask_feather": c.mask_feather,
+            "random_weights": is_tiny_model(self.pipe.config._name_or_path),
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,
         }

@@ -84,7 +84,7 @@ ENGINE_TYPE = pa.struct([
     ("scheduler_class", pa.string()), ("steps", pa.int32()), ("guidance_scale", pa.float64()),
     ("strength", pa.float64()), ("resolution", pa.int32()), ("output_resolution", pa.int32()),
     ("dtype", pa.string()), ("device", pa.string()), ("mask_dilation", pa.int32()), ("mask_feather", pa.int32()),
-    ("diffusers_version", pa.string()), ("torch_version", pa.string()),
+    ("random_weights", pa.bool_()), ("diffusers_version", pa.string()), ("torch_version", pa.string()),
 ])
 _FROM_PLAN = (
     "sample_id", "plan_index", "shard_index", "seed", "source_frame", "source_sha256",
@@ -107,6 +107,17 @@ def _hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     features["image"] = datasets.Image()
     features["mask"] = datasets.Image()
     return dict(features.arrow_schema.metadata)
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "made with RANDOM model weights (testing/tiny-random or another test model): the painted regions are "
+    "noise, not polyps; never train on them"
+)
+
+
+def made_with_random_weights(engine: dict[str, Any] | None) -> bool:
+    """Whether a shard row's `engine` provenance says its model had random (test) weights."""
+    return bool(engine and engine.get("random_weights"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,12 +97,7 @@ class ShardWorker:
 
 
 def make_worker(context: RunContext) -> ShardWorker:
-    """Load the configured engine (building the tiny test model first if the job asks for it)."""
+    """Load the configured engine once for this process."""
     from pipeline.generate.sdxl import InpaintEngine
-    from pipeline.testing.tiny_model import build_tiny_model
 
-    engine_config = context.config.engine
-    if engine_config.build_tiny_if_missing and not Path(engine_config.model).exists():
-        log.info("building the tiny random model at %s", engine_config.model)
-        build_tiny_model(engine_config.model)
-    return ShardWorker(InpaintEngine(engine_config), context)
+    return ShardWorker(InpaintEngine(context.config.engine), context)

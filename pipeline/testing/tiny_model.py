@@ -31,6 +31,8 @@ from transformers import (
 from pipeline.errors import ModelLoadError
 
 MARKER = "tiny_model.json"
+# The only name under which a job reaches random weights: a model path the user typed never builds one.
+TINY_MODEL_ID = "testing/tiny-random"
 
 TEXT_HIDDEN = 32  # both text encoders (SDXL: 768 and 1280)
 TEXT_PROJECTION = 32  # pooled embedding of the second encoder (SDXL: 1280)
@@ -166,7 +168,25 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
         model_dir = tmp / "model"
         pipe.save_pretrained(model_dir, safe_serialization=True)
         (model_dir / MARKER).write_text(json.dumps(recipe))
-        os.rename(model_dir, out_dir)
+        try:
+            os.rename(model_dir, out_dir)
+        except OSError:  # another process (a second Ray actor) finished first: use its copy
+            if not is_tiny_model(out_dir):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def is_tiny_model(path: str | os.PathLike) -> bool:
+    """Whether a model folder holds random weights built here (shards made with it must say so)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("POLYP_SYNTH_CACHE", Path.home() / ".cache" / "polyp-synth"))
+
+
+def reserved_tiny_model() -> Path:
+    """The folder behind `engine.model: testing/tiny-random`, built on first use in the cache."""
+    return build_tiny_model(cache_dir() / "tiny-random-sdxl-inpaint")

@@ -6,6 +6,7 @@ It reads Parquet footers and metadata, not pixels, so it is quick on large runs 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pyarrow as pa
@@ -13,7 +14,10 @@ import pyarrow as pa
 from pipeline.core import parquet, storage
 from pipeline.core.layout import MANIFEST_FILE, PLAN_FILE, SUCCESS_FILE, RunLayout
 from pipeline.errors import ShardError
+from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING, made_with_random_weights
 from pipeline.plan.plan import Plan
+
+log = logging.getLogger(__name__)
 
 
 def _shard_footer(url: str, with_engine: bool) -> tuple[int, int, int, dict[str, Any]]:
@@ -59,6 +63,9 @@ def summarise_run(run_dir: str) -> str:
         f"{len(plan.meta.frames.skipped)} skipped",
         f"shards     {len(shard_names)} written, {rows} samples, {failed} failed samples, {size / 1e6:.1f} MB",
     ]
+    if made_with_random_weights(engine):
+        log.warning("%s: %s", run_dir, RANDOM_WEIGHTS_WARNING)
+        lines.append(f"WARNING    {RANDOM_WEIGHTS_WARNING}")
     if engine:
         lines.append("engine     " + ", ".join(
             f"{key}={engine[key]}" for key in ("model", "scheduler", "steps", "guidance_scale", "strength",
