@@ -63,3 +63,15 @@ class BackboneError(PolypSynthError):
 
 class GateError(PolypSynthError):
     """A reference, a feature extractor or a gate result is missing, invalid or does not match."""
+
+
+class ExportError(PolypSynthError):
+    """An export cannot be made: a run was never gated or failed its gate, ids clash, the target is not an export."""
+
+
+class DataError(PolypSynthError):
+    """A training/evaluation data set (images/ + masks/ folder, split file, export, shards) is missing or invalid."""
+
+
+class TrainError(PolypSynthError):
+    """A training setting, encoder or checkpoint is invalid or missing."""
