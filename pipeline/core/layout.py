@@ -10,7 +10,17 @@ RUN_DIR/
   gate/verdicts.parquet, gate/metrics.json, gate/report.html, gate/*.png, gate/_SUCCESS
 ```
 
-Stages take a `RunLayout` and ask it for URLs; nothing else spells these names.
+An export (what trainers read) has its own `ExportLayout`:
+
+```
+EXPORT/
+  data/train-00000-of-00004.parquet  image–mask pairs with provenance (format parquet)
+  images/<sample_id>.png, masks/<sample_id>.png   (format folders)
+  README.md                         dataset card
+  manifest.json                     written last; readers require it
+```
+
+Stages take a `RunLayout` / `ExportLayout` and ask it for URLs; nothing else spells these names.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ MANIFEST_FILE = "manifest.json"
 SUCCESS_FILE = "_SUCCESS"
 DONE_SUFFIX = ".done"
 GATE_DIR = "gate"
+VERDICTS_FILE = "verdicts.parquet"
+GATE_METRICS_FILE = "metrics.json"
+GATE_REPORT_FILE = "report.html"
 
 
 def shard_name(shard_index: int) -> str:
@@ -73,3 +86,57 @@ class RunLayout:
 
     def features(self, extractor: str, shard_index: int) -> str:
         return storage.join(self.gate_dir, "features", extractor, shard_name(shard_index))
+
+    @property
+    def verdicts(self) -> str:
+        return self.gate_file(VERDICTS_FILE)
+
+    @property
+    def gate_metrics(self) -> str:
+        return self.gate_file(GATE_METRICS_FILE)
+
+    @property
+    def gate_report(self) -> str:
+        return self.gate_file(GATE_REPORT_FILE)
+
+    @property
+    def gate_success(self) -> str:
+        """Written last by the gate stage: verdicts and metrics are complete and belong together."""
+        return self.gate_file(SUCCESS_FILE)
+
+
+EXPORT_DATA_DIR = "data"
+EXPORT_IMAGE_DIR = "images"
+EXPORT_MASK_DIR = "masks"
+EXPORT_CARD_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    """The URLs of one export's files; `root` is a local path or an fsspec URL. Paths relative to the
+    root (as the manifest lists them) come from the `*_path` methods."""
+
+    root: str
+
+    @property
+    def manifest(self) -> str:
+        return storage.join(self.root, MANIFEST_FILE)
+
+    @property
+    def card(self) -> str:
+        return storage.join(self.root, EXPORT_CARD_FILE)
+
+    @staticmethod
+    def data_path(index: int, count: int) -> str:
+        return f"{EXPORT_DATA_DIR}/train-{index:05d}-of-{count:05d}.parquet"
+
+    @staticmethod
+    def image_path(sample_id: str) -> str:
+        return f"{EXPORT_IMAGE_DIR}/{sample_id}.png"
+
+    @staticmethod
+    def mask_path(sample_id: str) -> str:
+        return f"{EXPORT_MASK_DIR}/{sample_id}.png"
+
+    def url(self, relative: str) -> str:
+        return storage.join(self.root, relative)
