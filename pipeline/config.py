@@ -8,15 +8,18 @@ gives an int and `--set engine.vae=null` clears a field).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.errors import ConfigError, validation_summary
+from pipeline.core.digests import json_digest
+from pipeline.core.yamlio import read_mapping, validate
+from pipeline.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -64,6 +67,16 @@ class EngineConfig(_Section):
         8, ge=0, description="pixels (at output resolution) the repaint region extends past the label"
     )
     mask_feather: int = Field(4, ge=0, description="width of the soft blend at the repaint edge, pixels")
+    region: Literal["crop", "frame"] = Field(
+        "crop", description="crop: paint a square window around the repaint region; frame: the whole frame, "
+        "padded to a square (never squashed)"
+    )
+    crop_context: float = Field(2.5, ge=1, description="crop side = this × the repaint region's longer side")
+    crop_min: int = Field(256, gt=0, description="smallest crop side, output pixels")
+    crop_resolution: int | None = Field(
+        None, gt=0, multiple_of=8,
+        description="working resolution for windows no larger than this (e.g. 768); None: always `resolution`",
+    )
 
 
 class ExecutorConfig(_Section):
@@ -107,7 +120,7 @@ class JobConfig(_Section):
 
     def digest(self) -> str:
         """Stable hash of the whole config, used to tell whether a plan still matches its job."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(self.model_dump())
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -133,28 +146,21 @@ def parse_override(text: str, source: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config", overrides: list[str] = ()) -> JobConfig:
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """A deep copy of `data` with each `a.b=value` override set (values parsed as YAML)."""
     tree = json.loads(json.dumps(data))  # deep copy, plain types only
     for text in overrides:
         key, value = parse_override(text, source)
         _set_path(tree, key, value, source)
-    try:
-        return JobConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {validation_summary(exc)}") from None
+    return tree
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+def config_from_dict(data: dict[str, Any], source: str = "config", overrides: list[str] = (),
+                     model: type[M] = JobConfig) -> M:
+    """Override and validate `data` as a `model` (a job, or another stage's config such as finetune)."""
+    return validate(model, apply_overrides(data, overrides, source), ConfigError, source)
+
+
+def load_config(path: str | Path, overrides: list[str] = (), model: type[M] = JobConfig) -> M:
     """Read, override and validate a job config; every problem is a one-line `ConfigError`."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
-        raise ConfigError(f"{path}: cannot read the config file ({type(exc).__name__}: {exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return config_from_dict(data, str(path), overrides)
+    return config_from_dict(read_mapping(path, ConfigError, "config"), str(path), overrides, model)

@@ -13,12 +13,13 @@ if TYPE_CHECKING:
 
 
 def validation_summary(error: ValidationError) -> str:
-    """The first problem of a pydantic validation error as `field.path: message (got value)`, one line."""
+    """The first problem of a pydantic validation error as `field.path[i]: message (got value)`, one line."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    field = field or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = f"unknown key '{first['loc'][-1]}'"
     elif "input" in first and not isinstance(first["input"], dict):
         message += f" (got {first['input']!r})"
     more = len(error.errors()) - 1

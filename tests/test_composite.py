@@ -5,12 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.generate.composite import (
-    composite,
-    repaint_region,
-    resize_image,
-    resize_mask,
-)
+from pipeline.core.images import resize_image, resize_mask
+from pipeline.generate.composite import composite, repaint_region
 from pipeline.testing.data import shared_data
 
 DATA = shared_data()

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import config_from_dict
+from pipeline.core.images import decode_png
 from pipeline.core.layout import MANIFEST_FILE, SHARD_DIR, SUCCESS_FILE, RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.executors.local import LocalExecutor
 from pipeline.generate.composite import repaint_region
 from pipeline.generate.runner import run_generate
-from pipeline.generate.shards import decode_png
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.plan import Plan
 from pipeline.testing.data import shared_data

@@ -212,5 +212,5 @@ def test_bad_preset_files_name_the_field(tmp_path, edit, field):
 
 
 def test_missing_preset_file(tmp_path):
-    with pytest.raises(MaskPresetError, match="not found"):
+    with pytest.raises(MaskPresetError, match="no such mask preset file"):
         MaskPreset.load(tmp_path / "nope.yaml")

@@ -17,9 +17,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.images import decode_png
 from pipeline.core.layout import SHARD_DIR
 from pipeline.core.storage import TEMP_PREFIX
-from pipeline.generate.shards import decode_png
 from pipeline.plan.plan import Plan
 from pipeline.testing.data import shared_data
 

@@ -1,4 +1,4 @@
-"""Pixel maths around the inpainting model: resizing, the repaint region, and the final composite.
+"""Pixel maths around the inpainting model: the repaint region and the final composite.
 
 The model works on a square `resolution` and its VAE round trip changes every pixel it sees, so the
 engine never returns the model's image as is: it pastes the generated pixels back into the source
@@ -8,42 +8,8 @@ Masks are labels: they are resized as labels (area fraction + threshold) and sta
 
 from __future__ import annotations
 
-from typing import Literal
-
 import cv2
 import numpy as np
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an RGB uint8 image to `size` = (width, height).
-
-    Area averaging when shrinking (no aliasing of the mucosa texture), bicubic when enlarging.
-    """
-    height, width = image.shape[:2]
-    if (width, height) == tuple(size):
-        return image.copy()
-    shrinking = size[0] * size[1] < width * height
-    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int], cover: Literal["half", "any"] = "half") -> np.ndarray:
-    """Resize a label mask to `size` = (width, height); the result is uint8 {0, 255}.
-
-    Each output pixel gets the fraction of it the label covers, then a threshold: `cover="half"`
-    keeps the label's area honest (the label itself); `cover="any"` marks every pixel the label
-    touches (a region the model must repaint, so that nothing of it is missed).
-    """
-    height, width = mask.shape[:2]
-    if (width, height) == tuple(size):
-        return np.where(mask > 0, 255, 0).astype(np.uint8)
-    shrinking = size[0] * size[1] < width * height
-    covered = cv2.resize(
-        (mask > 0).astype(np.float32),
-        tuple(size),
-        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
-    )
-    inside = covered >= 0.5 if cover == "half" else covered > 0
-    return np.where(inside, 255, 0).astype(np.uint8)
 
 
 def _window(label: np.ndarray, margin: int) -> tuple[slice, slice]:

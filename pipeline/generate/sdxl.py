@@ -40,14 +40,10 @@ from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 
 from pipeline.config import EngineConfig
+from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ModelLoadError
-from pipeline.generate.composite import (
-    composite,
-    repaint_region,
-    resize_image,
-    resize_mask,
-)
+from pipeline.generate.composite import composite, repaint_region
 from pipeline.testing.tiny_model import (
     TINY_MODEL_ID,
     is_tiny_model,

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.core.images import resize_image
 from pipeline.core.run import RunContext
 from pipeline.core.timing import StageTimer
 from pipeline.errors import PolypSynthError
 from pipeline.generate import shards
-from pipeline.generate.composite import resize_image
 from pipeline.plan.frames import load_frame
 from pipeline.plan.masks.shapes import MaskParams, draw_mask
 

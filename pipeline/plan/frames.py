@@ -10,7 +10,6 @@ with a reason, and only a source with nothing usable is an error.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections import Counter
@@ -24,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core import storage
+from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
 from pipeline.plan.fov import FieldOfView, detect_fov
@@ -58,7 +58,7 @@ class FrameCatalog:
     def digest(self) -> str:
         """Hash of the frames in use (URIs and contents), recorded in a plan's provenance."""
         listing = "".join(f"{r.uri}\t{r.sha256}\n" for r in self.records)
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+        return digest(listing)
 
 
 class _Unusable(Exception):
@@ -138,7 +138,7 @@ def _inspect(uri: str, min_size: int) -> FrameRecord | SkippedFrame:
     if not fov.grid.any():
         return SkippedFrame(uri, "no tissue: nothing in the frame is visible tissue to paint on")
     height, width = rgb.shape[:2]
-    return FrameRecord(uri, hashlib.sha256(data).hexdigest(), width, height, fov)
+    return FrameRecord(uri, sha256_hex(data), width, height, fov)
 
 
 def _read(uri: str) -> bytes:

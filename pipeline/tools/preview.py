@@ -16,10 +16,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.config import JobConfig
 from pipeline.core import storage
+from pipeline.core.images import decode_png
 from pipeline.core.layout import RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ShardError
-from pipeline.generate.shards import decode_png, read_shard
+from pipeline.generate.shards import read_shard
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.plan import build_plan
 

@@ -20,8 +20,6 @@ normalised image coordinates, sizes relative to sqrt(W*H)), so `draw_mask` is de
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import textwrap
 from collections.abc import Mapping
@@ -36,13 +34,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from pipeline.core import storage
-from pipeline.errors import MaskPresetError, validation_summary
+from pipeline.core.digests import json_digest
+from pipeline.core.yamlio import load_model
+from pipeline.errors import MaskPresetError
 
 _MIN_RADIUS = 0.3  # of the base radius: keeps every outline star-shaped and free of pinches
 _PROBE, _MAX_STRENGTH = 3.0, 8.0  # harmonic strengths tried / allowed, in multiples of the convex limit
@@ -198,19 +197,7 @@ class MaskPreset(_Model):
     @classmethod
     def load(cls, path: str | Path) -> MaskPreset:
         """Read and validate a preset; every problem is a one-line `MaskPresetError`."""
-        path = Path(path)
-        if not path.is_file():
-            raise MaskPresetError(f"{path}: mask preset file not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise MaskPresetError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise MaskPresetError(f"{path}: expected a mapping of preset fields at the top level")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise MaskPresetError(f"{path}: {validation_summary(exc)}") from None
+        return load_model(path, cls, MaskPresetError, "mask preset")
 
     def save(self, path: str | Path) -> None:
         """YAML with each field's description as a comment, so the checked-in file explains itself."""
@@ -224,7 +211,7 @@ class MaskPreset(_Model):
 
     def digest(self) -> str:
         """Stable hash of the preset, recorded in plans to tell which shapes a run used."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(self.model_dump(mode="json"))
 
 
 def _comment(text: str) -> str:

@@ -12,7 +12,6 @@ calls of `sample` on `numpy.random.default_rng(seed)`, in any process.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -27,9 +26,10 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.core.digests import digest
+from pipeline.core.yamlio import load_model
 from pipeline.errors import PromptBankError
 
 _AXIS_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -451,35 +451,6 @@ class _AxisSampler:
 # ---------------------------------------------------------------------------- the bank
 
 
-class _NoDuplicateKeysLoader(yaml.SafeLoader):
-    """Safe YAML loading that rejects a key written twice instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(key_node, deep=deep) for key_node, _ in node.value]
-        duplicate = _first_duplicate([str(key) for key in keys])
-        if duplicate is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{duplicate}'", node.start_mark
-            )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read(path: Path) -> Any:
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoDuplicateKeysLoader)
-    except FileNotFoundError:
-        raise PromptBankError(f"{path}: no such prompt bank file") from None
-    except yaml.YAMLError as exc:
-        raise PromptBankError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-
-
-def _validation_message(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
-    what = f"unknown key '{first['loc'][-1]}'" if first["type"] == "extra_forbidden" else first["msg"]
-    return f"{where or '(top level)'}: {what}"
-
-
 class PromptBank:
     """A validated template bank, ready to sample; build it with `PromptBank.load`."""
 
@@ -518,24 +489,19 @@ class PromptBank:
         content = json.dumps(
             spec.model_dump(mode="json", by_alias=True), ensure_ascii=False, separators=(",", ":")
         )
-        self._digest = hashlib.sha256(content.encode()).hexdigest()
+        self._digest = digest(content)
 
     @classmethod
     def load(cls, path: str | Path) -> PromptBank:
         """Read and validate a bank; every problem is a one-line `PromptBankError` naming the entry."""
-        path = Path(path)
-        data = _read(path)
-        if not isinstance(data, dict):
-            raise PromptBankError(f"{path}: expected a mapping with negative, axes, templates, constraints")
+        spec = load_model(path, _BankSpec, PromptBankError, "prompt bank")
         try:
-            return cls(str(path), _BankSpec.model_validate(data))
-        except ValidationError as exc:
-            raise PromptBankError(f"{path}: {_validation_message(exc)}") from None
+            return cls(str(path), spec)
         except _Invalid as exc:
             raise PromptBankError(f"{path}: {exc}") from None
 
     def digest(self) -> str:
-        """sha256 of the validated content: layout and comments of the file do not change it."""
+        """Hash of the validated content: layout and comments of the file do not change it."""
         return self._digest
 
     def sample(self, rng: np.random.Generator) -> PromptSample:
