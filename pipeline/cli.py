@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from pipeline import __version__
 from pipeline.config import JobConfig, load_config
+from pipeline.core import logsetup
 from pipeline.errors import ConfigError, PolypSynthError
 
 log = logging.getLogger("pipeline")
@@ -81,11 +82,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     if args.config:
         config = load_config(args.config, list(args.set or []))
-        preview.plan_sheet(config, args.n, args.out)
+        preview.plan_sheet(config, args.n, args.out, args.windows)
     elif args.job:
         if args.set:
             raise ConfigError("--set changes a job's config; a RUN_DIR preview draws what was generated")
-        preview.run_sheet(args.job, args.n, args.out)
+        preview.run_sheet(args.job, args.n, args.out, args.windows)
     else:
         raise ConfigError("preview needs a RUN_DIR or --config JOB.yaml")
     print(args.out)
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("preview", cmd_preview, "contact sheet of a plan (--config JOB) or of a run's shards (RUN_DIR)")
     _job_arguments(p, "how many samples to draw", "PNG to write")
     p.set_defaults(n=16, out="preview.png")
+    p.add_argument("--windows", action="store_true", help="also draw the square the model paints (or painted) each sample in")
 
     p = command("build-tiny-model", cmd_build_tiny_model, "write a small random SDXL inpainting pipeline")
     p.add_argument("dir")
@@ -223,22 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("urllib3", "botocore", "s3fs", "fsspec", "PIL", "filelock", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    logsetup.configure(args.verbose)
     try:
         code = args.fn(args)
     except PolypSynthError as exc:

@@ -7,6 +7,7 @@ atomic). Readers therefore never see half a shard, even after a SIGKILL mid-writ
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -15,8 +16,19 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 TEMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: mkstemp creates files 0600, finished files get the usual permissions
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask: mkstemp creates files 0600, finished files get the usual permissions.
+    Read from /proc where it can be (no flip that a concurrent thread could see), once per process."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -37,7 +49,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -24,6 +24,7 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from pipeline.config import ExecutorConfig
+from pipeline.core import logsetup
 from pipeline.core.progress import ProgressReporter
 from pipeline.core.run import RunContext
 from pipeline.errors import ExecutorError, PolypSynthError
@@ -39,7 +40,7 @@ class ShardActor:
     """Holds one engine; `generate` turns a shard's plan rows into a written shard."""
 
     def __init__(self, factory: WorkerFactory, context: RunContext):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logsetup.configure()
         # A user error (bad model path…) is kept and raised by `ready`, so the driver can print it as
         # it is instead of a bare "actor died".
         self.error: PolypSynthError | None = None
