@@ -81,7 +81,7 @@ _SHARD_TYPES: dict[str, pa.DataType | None] = {
 }
 
 
-def _hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+def hf_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     """Hugging Face `features` for this schema, with `image` and `mask` declared as images."""
     features = datasets.Features.from_arrow_schema(schema)
     features["image"] = datasets.Image()
@@ -124,7 +124,7 @@ def write_shard(layout: RunLayout, shard_index: int, table: pa.Table, failed: li
     """Write a shard atomically, then its completion record. `failed` lists {sample_id, reason} of
     planned samples left out. A crash between the two leaves a shard without a record: regenerated."""
     meta = {"shard_index": shard_index, "failed": failed, **provenance}
-    data = parquet.write(layout.shard(shard_index), table, meta, _hf_metadata(table.schema))
+    data = parquet.write(layout.shard(shard_index), table, meta, hf_metadata(table.schema))
     ids = table.column("sample_id").to_pylist() + [entry["sample_id"] for entry in failed]
     info = ShardInfo(shard_index, table.num_rows, failed, len(data), sha256_hex(data), ids_digest(ids))
     storage.write_bytes_atomic(layout.shard_done(shard_index), info.to_json())

@@ -1,0 +1,170 @@
+"""Where image–mask pairs come from: references to them (no pixels), and reading them in bulk.
+
+Three kinds of source, one reference type:
+- a real labelled folder `DIR` with `images/<id>.*` + `masks/<id>.*` and an optional split file
+  (`DIR:train` reads `DIR/splits/train.txt`; `DIR:path/to/ids.txt` any file of ids);
+- an export (`manifest.json` required: a half-written export is refused), Parquet or folders;
+- a run directory's `shards/`, or Parquet files by URL or glob (local or `s3://`).
+
+Masks are labels: anything above 127 is foreground (Kvasir-SEG's masks are JPEGs, nearly binary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.core import parquet, storage
+from pipeline.core.images import decode_png
+from pipeline.core.layout import (
+    EXPORT_IMAGE_DIR,
+    EXPORT_MASK_DIR,
+    MANIFEST_FILE,
+    SHARD_DIR,
+    ExportLayout,
+)
+from pipeline.errors import DataError
+from pipeline.export.manifest import ExportManifest
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_THRESHOLD = 127
+
+
+@dataclass(frozen=True)
+class PairRef:
+    """One image–mask pair: a row of a Parquet file (`mask` None), or two image files of a folder."""
+
+    source: str  # Parquet file URL, or image file URL
+    row: int = -1
+    mask: str | None = None
+    sample_id: str = ""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """`DIR` or `DIR:SPLIT` as users write it on the command line."""
+
+    root: str
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DataSpec:
+        head, sep, tail = text.rpartition(":")
+        if sep and head and not tail.startswith("//"):
+            return cls(head, tail or None)
+        return cls(text)
+
+    def __str__(self) -> str:
+        return f"{self.root}:{self.split}" if self.split else self.root
+
+
+def _split_ids(spec: DataSpec) -> list[str] | None:
+    if spec.split is None:
+        return None
+    candidates = [spec.split] if spec.split.endswith(".txt") else [storage.join(spec.root, "splits", f"{spec.split}.txt")]
+    for url in candidates:
+        try:
+            return storage.read_bytes(url).decode().split()
+        except FileNotFoundError:
+            continue
+    raise DataError(f"{spec}: no split file {candidates[0]}")
+
+
+def _by_stem(url: str) -> dict[str, str]:
+    return {PurePosixPath(name).stem: storage.join(url, name) for name in storage.list_names(url)
+            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES}
+
+
+def folder_refs(spec: DataSpec) -> list[PairRef]:
+    """Pairs of an images/ + masks/ folder, sorted by id (or in the split file's order)."""
+    images = _by_stem(storage.join(spec.root, EXPORT_IMAGE_DIR))
+    masks = _by_stem(storage.join(spec.root, EXPORT_MASK_DIR))
+    if not images:
+        raise DataError(f"{spec.root}: no images under {EXPORT_IMAGE_DIR}/ (expected images/<id>.jpg + masks/<id>.png)")
+    ids = _split_ids(spec) or sorted(images)
+    missing = [i for i in ids if i not in images or i not in masks]
+    if missing:
+        raise DataError(f"{spec}: {len(missing)} ids without an image or mask, e.g. {missing[0]!r}")
+    return [PairRef(source=images[i], mask=masks[i], sample_id=i) for i in ids]
+
+
+def parquet_files(root: str) -> list[str]:
+    """The Parquet files of an export (from its manifest), a run (its shards) or a file/glob URL."""
+    names = storage.list_names(root) if not root.endswith(".parquet") and "*" not in root else []
+    if MANIFEST_FILE in names and SHARD_DIR not in names:
+        manifest = ExportManifest.read(root)
+        return [ExportLayout(root).url(f.path) for f in manifest.files if f.path.endswith(".parquet")]
+    if SHARD_DIR in names:
+        root = storage.join(root, SHARD_DIR)
+        names = storage.list_names(root)
+    if names:
+        return [storage.join(root, n) for n in names if n.endswith(".parquet")]
+    fs, path = storage.filesystem(root)
+    protocol = root.split("://", 1)[0] + "://" if "://" in root else ""
+    return [protocol + p for p in sorted(fs.glob(path))]
+
+
+def shard_refs(spec: DataSpec) -> list[PairRef]:
+    """Rows of Parquet shards (an export, a run, or files), from their footers only."""
+    files = parquet_files(spec.root)
+    if not files:
+        raise DataError(f"{spec.root}: no Parquet files (expected an export, a run directory or *.parquet)")
+    refs: list[PairRef] = []
+    for url in files:
+        try:
+            with parquet.read_footer(url) as footer:
+                ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise DataError(f"{url}: not a shard of image–mask pairs ({exc})") from None
+        refs.extend(PairRef(source=url, row=row, sample_id=sample_id) for row, sample_id in enumerate(ids))
+    keep = _split_ids(spec)
+    if keep is not None:
+        wanted = set(keep)
+        refs = [ref for ref in refs if ref.sample_id in wanted]
+    return refs
+
+
+def resolve(spec: DataSpec | str) -> list[PairRef]:
+    """Pairs of any source: an export's manifest says its format; a folder with images/ is a folder."""
+    spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    names = storage.list_names(spec.root)
+    if MANIFEST_FILE in names and SHARD_DIR not in names:
+        if ExportManifest.read(spec.root).format == "folders":
+            return folder_refs(spec)
+        return shard_refs(spec)
+    if EXPORT_IMAGE_DIR in names:
+        return folder_refs(spec)
+    return shard_refs(spec)
+
+
+def _decode(data: bytes, url: str, mask: bool) -> np.ndarray:
+    pixels = decode_png(data)  # OpenCV: PNG, JPEG, … by content
+    if pixels is None:
+        raise DataError(f"{url}: not a readable image")
+    if mask:
+        gray = pixels if pixels.ndim == 2 else pixels[..., 0]
+        return np.where(gray > MASK_THRESHOLD, 255, 0).astype(np.uint8)
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    return pixels[..., :3]
+
+
+def read_pairs(refs: list[PairRef]) -> Iterator[tuple[PairRef, np.ndarray, np.ndarray]]:
+    """(ref, RGB uint8 image, {0,255} mask) in the order of `refs`; a Parquet file is read once for
+    each run of consecutive refs into it (only its image and mask columns)."""
+    table: pa.Table | None = None
+    current = ""
+    for ref in refs:
+        if ref.mask is not None:
+            yield (ref, _decode(storage.read_bytes(ref.source), ref.source, False),
+                   _decode(storage.read_bytes(ref.mask), ref.mask, True))
+            continue
+        if ref.source != current:
+            table, current = parquet.read(ref.source, columns=["image", "mask"]), ref.source
+        image = table.column("image")[ref.row].as_py()["bytes"]
+        mask = table.column("mask")[ref.row].as_py()["bytes"]
+        yield ref, _decode(image, ref.source, False), _decode(mask, ref.source, True)
