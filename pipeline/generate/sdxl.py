@@ -4,9 +4,10 @@ One `InpaintEngine` per process holds the diffusers pipeline (loaded once) and t
 (frame, label mask, prompt, negative prompt, seed) into composited frames in three stages that can be
 timed separately:
 
-    prepare_batch    frame and repaint region to the square working resolution (CPU, numpy)
+    prepare_batch    the window the model paints (a square around the repaint region, or the whole
+                     frame padded to a square: see `window.py`) to the working resolution (CPU, numpy)
     generate_batch   the diffusers pipeline call, one torch.Generator per sample (GPU)
-    composite_batch  back to the frame's size, pasted into the source through a soft alpha (CPU)
+    composite_batch  back to the window's size, pasted into the source through a soft alpha (CPU)
 
 Every pixel outside the repaint region is returned bit-identical to the source frame; each sample's
 pixels depend on its own seed only, not on the batch it was generated in.
@@ -18,7 +19,6 @@ import functools
 import json
 import logging
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,6 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -40,10 +39,12 @@ from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 
 from pipeline.config import EngineConfig
+from pipeline.core import logsetup
 from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.generate.composite import composite, repaint_region
+from pipeline.generate.window import Window, pad_square, paint_window, unpad_square
 from pipeline.testing.tiny_model import (
     TINY_MODEL_ID,
     is_tiny_model,
@@ -52,41 +53,6 @@ from pipeline.testing.tiny_model import (
 
 log = logging.getLogger(__name__)
 
-
-class _DropVaeCastWarning(logging.Filter):
-    """diffusers warns about `.to(dtype)` on models with fp32 modules, and its own SDXL pipeline makes
-    that call on the VAE during every generation: a warning per batch that says nothing to our users."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32" not in record.getMessage()
-
-
-class _TruncationWarningOnce(logging.Filter):
-    """The pipeline warns on every batch whose prompt exceeds CLIP's 77 tokens; once per process says it
-    (the default bank stays under 77 real CLIP tokens; the tiny test tokenizer counts characters)."""
-
-    seen = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "can only handle sequences up to" not in message and "Token indices sequence length" not in message:
-            return True
-        first, _TruncationWarningOnce.seen = not _TruncationWarningOnce.seen, True
-        if first:
-            record.msg = "prompt longer than the text encoder's window: it is truncated (logged once per process)"
-            record.args = ()
-        return first
-
-
-logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropVaeCastWarning())
-# "Loading pipeline components / weights" bars, once per worker: noise in job logs
-diffusers.utils.logging.disable_progress_bar()
-transformers.utils.logging.disable_progress_bar()
-# `torch_dtype` works on every diffusers we support; its rename to `dtype` is only in recent releases.
-warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
-for _name in ("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint",
-              "transformers.tokenization_utils_base"):
-    logging.getLogger(_name).addFilter(_TruncationWarningOnce())
 
 SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
@@ -244,6 +210,7 @@ def load_pipeline(
     device: torch.device,
 ) -> StableDiffusionXLInpaintPipeline:
     """Load the pipeline once per process (cached on everything that shapes it)."""
+    logsetup.quiet_model_libraries()
     if model == TINY_MODEL_ID:
         model = str(reserved_tiny_model())
     path = _local_path(model, "engine.model")
@@ -279,12 +246,17 @@ class PreparedSample:
     """One sample ready for the model, and what compositing needs afterwards."""
 
     frame: np.ndarray  # source RGB uint8 at output size
-    alpha: np.ndarray  # blend weight of the generated image at output size, float32 in [0, 1]
-    image: Image.Image  # frame at working resolution
-    mask_image: Image.Image  # repaint region at working resolution, L mode {0, 255}
+    alpha: np.ndarray  # blend weight of the generated image over the window, float32 in [0, 1]
+    window: Window  # the part of the frame the model paints
+    image: Image.Image  # the window, padded to a square, at working resolution
+    mask_image: Image.Image  # repaint region likewise, L mode {0, 255}
     prompt: str
     negative: str
     seed: int
+
+    @property
+    def working_side(self) -> int:
+        return self.image.size[0]
 
 
 class InpaintEngine:
@@ -328,10 +300,23 @@ class InpaintEngine:
             "device": str(self.device),
             "mask_dilation": c.mask_dilation,
             "mask_feather": c.mask_feather,
+            "region": c.region,
+            "crop_context": c.crop_context,
+            "crop_min": c.crop_min,
+            "crop_resolution": c.crop_resolution,
             "random_weights": is_tiny_model(self.pipe.config._name_or_path),
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,
         }
+
+    def window(self, mask: np.ndarray) -> Window:
+        """The part of the frame (of `mask`'s size) the model paints for this label; see `window.py`."""
+        return paint_window(mask, self.config)
+
+    def working_side(self, window: Window) -> int:
+        """The square side the model works at: `crop_resolution` for windows no larger than it."""
+        small = self.config.crop_resolution
+        return small if small is not None and window.side <= small else self.config.resolution
 
     def inpaint(
         self,
@@ -342,35 +327,52 @@ class InpaintEngine:
         seeds: list[int],
         timer: StageTimer | None = None,
     ) -> list[np.ndarray]:
-        """Composited RGB uint8 frames, one per input, each the size of its source frame."""
+        """Composited RGB uint8 frames, one per input, each the size of its source frame.
+
+        Samples are batched by working side (a pipeline call takes one size); per-sample generators
+        make the pixels independent of the grouping, and results come back in input order.
+        """
         timer = timer or StageTimer()
         if not len(frames) == len(masks) == len(prompts) == len(negatives) == len(seeds):
             raise ValueError("inpaint: frames, masks, prompts, negatives and seeds must have the same length")
-        results = []
-        for start in range(0, len(frames), self.config.batch_size):
-            chunk = slice(start, start + self.config.batch_size)
-            batch = timer.time("prepare", lambda: self.prepare_batch(
-                frames[chunk], masks[chunk], prompts[chunk], negatives[chunk], seeds[chunk]))
-            generated = timer.time("model", lambda: self._run_with_oom_split(batch, self.generate_batch))
-            results += timer.time("composite", lambda: self.composite_batch(batch, generated))
-        return results
-
-    def prepare_batch(self, frames, masks, prompts, negatives, seeds) -> list[PreparedSample]:
-        """Repaint region at output size (the config's pixels are output pixels), then all to working size."""
-        side = (self.config.resolution, self.config.resolution)
-        batch = []
-        for frame, mask, prompt, negative, seed in zip(frames, masks, prompts, negatives, seeds):
+        for frame, mask in zip(frames, masks):
             if frame.ndim != 3 or frame.shape[2] != 3 or mask.shape != frame.shape[:2]:
                 raise ValueError(f"inpaint: frame {frame.shape} must be HxWx3 and its mask {mask.shape} HxW")
-            alpha = repaint_region(mask, self.config.mask_dilation, self.config.mask_feather)
+        sides = [self.working_side(self.window(mask)) for mask in masks]
+        order = sorted(range(len(frames)), key=lambda i: sides[i])  # stable: input order within a side
+        batches = [
+            chunk
+            for side in sorted(set(sides))
+            for group in [[i for i in order if sides[i] == side]]
+            for chunk in (group[start:start + self.config.batch_size]
+                          for start in range(0, len(group), self.config.batch_size))
+        ]
+        results: dict[int, np.ndarray] = {}
+        for chunk in batches:
+            batch = timer.time("prepare", lambda: self.prepare_batch(
+                [frames[i] for i in chunk], [masks[i] for i in chunk], [prompts[i] for i in chunk],
+                [negatives[i] for i in chunk], [seeds[i] for i in chunk]))
+            generated = timer.time("model", lambda: self._run_with_oom_split(batch, self.generate_batch))
+            results.update(zip(chunk, timer.time("composite", lambda: self.composite_batch(batch, generated))))
+        return [results[i] for i in range(len(frames))]
+
+    def prepare_batch(self, frames, masks, prompts, negatives, seeds) -> list[PreparedSample]:
+        """Repaint region at output size (the config's pixels are output pixels); its window, padded to a
+        square, to the working side."""
+        batch = []
+        for frame, mask, prompt, negative, seed in zip(frames, masks, prompts, negatives, seeds):
+            window = self.window(mask)
+            alpha = repaint_region(mask[window.slices], self.config.mask_dilation, self.config.mask_feather)
             # The model repaints everywhere alpha > 0, so the soft seam blends two plausible images.
             region = np.where(alpha > 0, 255, 0).astype(np.uint8)
+            side = (self.working_side(window),) * 2
             batch.append(
                 PreparedSample(
                     frame=frame,
                     alpha=alpha,
-                    image=Image.fromarray(resize_image(frame, side)),
-                    mask_image=Image.fromarray(resize_mask(region, side, cover="any")),
+                    window=window,
+                    image=Image.fromarray(resize_image(pad_square(frame[window.slices]), side)),
+                    mask_image=Image.fromarray(resize_mask(pad_square(region, value=0), side, cover="any")),
                     prompt=prompt,
                     negative=negative,
                     seed=int(seed),
@@ -380,14 +382,17 @@ class InpaintEngine:
 
     def generate_batch(self, batch: list[PreparedSample]) -> list[np.ndarray]:
         """The model call. One generator per sample keeps a sample's pixels independent of its batch."""
+        side = batch[0].working_side
+        if any(s.working_side != side for s in batch):
+            raise ValueError("generate_batch: one pipeline call takes one working size")
         generators = [torch.Generator(device=self.device).manual_seed(s.seed) for s in batch]
         images = self.pipe(
             prompt=[s.prompt for s in batch],
             negative_prompt=[s.negative for s in batch],
             image=[s.image for s in batch],
             mask_image=[s.mask_image for s in batch],
-            height=self.config.resolution,
-            width=self.config.resolution,
+            height=side,
+            width=side,
             strength=self.config.strength,
             guidance_scale=self.config.guidance_scale,
             num_inference_steps=self.config.steps,
@@ -397,11 +402,15 @@ class InpaintEngine:
         return [np.clip(np.rint(image * 255), 0, 255).astype(np.uint8) for image in images]
 
     def composite_batch(self, batch: list[PreparedSample], generated: list[np.ndarray]) -> list[np.ndarray]:
-        """Back to each frame's size and pasted into it: outside the repaint region, the source exactly."""
+        """Back to each window's size and pasted into the frame: outside the repaint region, the source
+        exactly (the region lies inside the window, and `composite` keeps every alpha == 0 pixel)."""
         results = []
         for sample, image in zip(batch, generated):
-            height, width = sample.frame.shape[:2]
-            results.append(composite(sample.frame, resize_image(image, (width, height)), sample.alpha))
+            window = sample.window
+            painted = unpad_square(resize_image(image, (window.side, window.side)), window.width, window.height)
+            result = sample.frame.copy()
+            result[window.slices] = composite(sample.frame[window.slices], painted, sample.alpha)
+            results.append(result)
         return results
 
     def _run_with_oom_split(self, batch: list, call: Callable[[list], list]) -> list:

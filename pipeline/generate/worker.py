@@ -21,7 +21,8 @@ from pipeline.core.timing import StageTimer
 from pipeline.errors import PolypSynthError
 from pipeline.generate import shards
 from pipeline.plan.frames import load_frame
-from pipeline.plan.masks.shapes import MaskParams, draw_mask
+from pipeline.plan.masks.params import MaskParams
+from pipeline.plan.masks.shapes import draw_mask
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class Engine(Protocol):
 
     def inpaint(self, frames: list[np.ndarray], masks: list[np.ndarray], prompts: list[str],
                 negatives: list[str], seeds: list[int], timer: StageTimer | None = None) -> list[np.ndarray]: ...
+
+    # Optional: `window(mask) -> pipeline.generate.window.Window`, the part of the frame the engine
+    # paints for that label; recorded in the shard's `window` column (null for engines without one).
 
 
 def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int, int]:
@@ -87,8 +91,10 @@ class ShardWorker:
         ) if ready else []
         provenance = {"engine": self.engine.identity, "run_id": self.context.run_id,
                       "pipeline_version": self.context.pipeline_version}
+        window = getattr(self.engine, "window", None)  # engines that paint a part of the frame say which
         for (row, _, mask), image in zip(ready, images):
-            done.append({**row, "image": image, "mask": mask, **provenance})
+            extra = {"window": window(mask).as_list()} if window else {}
+            done.append({**row, "image": image, "mask": mask, **provenance, **extra})
 
         table = timer.time("png_encode", lambda: shards.shard_table(done, self.context.attributes_type))
         info = timer.time("write", lambda: shards.write_shard(self.context.layout, shard_index, table, failed,

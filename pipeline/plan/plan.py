@@ -23,7 +23,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from pipeline import __version__
-from pipeline.config import JobConfig
+from pipeline.config import AnyEngineConfig, JobConfig, TransplantEngineConfig
 from pipeline.core import parquet
 from pipeline.core.digests import digest, seed_from
 from pipeline.core.layout import RunLayout
@@ -32,8 +32,10 @@ from pipeline.core.run import RunContext
 from pipeline.errors import ConfigError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog
-from pipeline.plan.masks.shapes import MaskPreset, sample_mask_params
-from pipeline.plan.prompts.bank import PromptBank, PromptSample
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.prompts.bank import PromptBank
+from pipeline.plan.prompts.schema import PromptSample
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,20 @@ log = logging.getLogger(__name__)
 _PIXEL_SETTINGS = (
     "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
     "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
+    "region", "crop_context", "crop_min", "crop_resolution",
 )
 
 
 def sample_seed(run_seed: int, index: int) -> int:
     """Generator seed of sample `index`: a hash, so neighbouring samples get unrelated noise."""
     return seed_from(f"polyp-synth/{run_seed}/{index}")
+
+
+def pixel_settings(engine: AnyEngineConfig) -> dict[str, Any]:
+    """The engine settings that are part of every sample's identity."""
+    if isinstance(engine, TransplantEngineConfig):
+        return engine.pixel_settings()
+    return {key: getattr(engine, key) for key in _PIXEL_SETTINGS}
 
 
 def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, seed: int, engine_json: str) -> str:
@@ -218,7 +228,7 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
     frames = [int(order[index % len(order)]) for index in range(total)]
     masks = _sample_masks(config, preset, catalog, prompts, frames)
-    engine_json = json.dumps({key: getattr(config.engine, key) for key in _PIXEL_SETTINGS}, sort_keys=True)
+    engine_json = json.dumps(pixel_settings(config.engine), sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
     for index, (prompt, mask_json) in enumerate(zip(prompts, masks)):

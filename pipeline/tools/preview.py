@@ -21,22 +21,28 @@ from pipeline.core.layout import RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ShardError
 from pipeline.generate.shards import read_shard
+from pipeline.generate.window import paint_window
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.plan import build_plan
 
 TILE = 256
 CAPTION_LINES = 6
 _OUTLINE = (0, 255, 0)
+_WINDOW = (255, 220, 0)
 
 
-def tile(image: np.ndarray, mask: np.ndarray, caption: str) -> Image.Image:
-    """One contact-sheet cell: image with the mask outline, caption below."""
+def tile(image: np.ndarray, mask: np.ndarray, caption: str, window: list[int] | None = None) -> Image.Image:
+    """One contact-sheet cell: image with the mask outline (and the window the model painted, when
+    given as [x0, y0, x1, y1]), caption below."""
     scale = TILE / max(image.shape[:2])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     picture = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     label = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours((label > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(picture, contours, -1, _OUTLINE, 2)
+    if window is not None:
+        x0, y0, x1, y1 = (round(v * scale) for v in window)
+        cv2.rectangle(picture, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), _WINDOW, 1)
 
     font = ImageFont.load_default(size=11)
     line_height = 13
@@ -65,17 +71,20 @@ def contact_sheet(cells: list[Image.Image], out: str) -> None:
         raise ConfigError(f"--out {out}: cannot write the contact sheet ({exc})") from None
 
 
-def plan_sheet(config: JobConfig, n: int, out: str) -> None:
-    """Frames, planned masks and prompts of the first n samples of a job."""
+def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> None:
+    """Frames, planned masks and prompts of the first n samples of a job; with `windows`, also the
+    square the engine will paint each in."""
     cells = []
     for row in build_plan(config, n).table.to_pylist():
         frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
-        cells.append(tile(frame, mask, row["prompt"]))
+        window = paint_window(mask, config.engine).as_list() if windows else None
+        cells.append(tile(frame, mask, row["prompt"], window))
     contact_sheet(cells, out)
 
 
-def run_sheet(run_dir: str, n: int, out: str) -> None:
-    """Generated images, label outlines and prompts of the first n samples in a run's shards."""
+def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:
+    """Generated images, label outlines and prompts of the first n samples in a run's shards; with
+    `windows`, also the square each was painted in (the shard's `window` column, where not null)."""
     cells = []
     shard_dir = RunLayout(run_dir).shard_dir
     for name in storage.list_names(shard_dir):
@@ -84,8 +93,10 @@ def run_sheet(run_dir: str, n: int, out: str) -> None:
         if not name.endswith(".parquet"):
             continue
         table = read_shard(storage.join(shard_dir, name))
-        for row in table.select(["image", "mask", "prompt"]).slice(0, n - len(cells)).to_pylist():
-            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), row["prompt"]))
+        columns = ["image", "mask", "prompt"] + (["window"] if windows and "window" in table.column_names else [])
+        for row in table.select(columns).slice(0, n - len(cells)).to_pylist():
+            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), row["prompt"],
+                              row.get("window")))
     if not cells:
         raise ShardError(f"{run_dir}: no shards to preview (is this a run directory?)")
     contact_sheet(cells, out)
