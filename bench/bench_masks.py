@@ -16,7 +16,9 @@ import time
 import numpy as np
 
 from pipeline.plan.fov import GRID_SIDE, FieldOfView
-from pipeline.plan.masks.shapes import MaskPreset, draw_mask, sample_mask_params
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.masks.shapes import draw_mask
 
 ATTRIBUTES = [{"morphology": m, "size": s} for m in ("0-Is", "0-IIa", "0-Ip", "0-Isp") for s in ("small", "large")]
 

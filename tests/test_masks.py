@@ -14,12 +14,10 @@ from skimage.measure import label, regionprops
 from pipeline.errors import MaskPresetError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.masks.fit import fit_preset
-from pipeline.plan.masks.shapes import (
-    MaskParams,
-    MaskPreset,
-    draw_mask,
-    sample_mask_params,
-)
+from pipeline.plan.masks.params import MaskParams
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.masks.stats import (
     KS_STATS,
     ks_report,

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.plan.frames import build_catalog
-from pipeline.plan.masks.shapes import MaskParams, draw_mask
+from pipeline.plan.masks.params import MaskParams
+from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.plan import Plan, build_plan
 from pipeline.testing.data import shared_data
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from pipeline.errors import PromptBankError
-from pipeline.plan.prompts.bank import PromptBank, PromptSample
+from pipeline.plan.prompts.bank import PromptBank
+from pipeline.plan.prompts.schema import PromptSample
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BANK = ROOT / "prompts" / "clinical.yaml"

@@ -17,12 +17,10 @@ import numpy as np
 from pipeline.core.progress import progress_bar
 from pipeline.errors import ConfigError
 from pipeline.plan.fov import FieldOfView
-from pipeline.plan.masks.shapes import (
-    MaskParams,
-    MaskPreset,
-    draw_mask,
-    sample_mask_params,
-)
+from pipeline.plan.masks.params import MaskParams
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.masks.stats import ks_report, load_reference_stats, mask_stats
 from pipeline.plan.plan import mask_rng
 from pipeline.plan.prompts.bank import PromptBank

@@ -20,16 +20,16 @@ import numpy as np
 
 from pipeline.errors import MaskPresetError
 from pipeline.plan.fov import FieldOfView
-from pipeline.plan.masks.shapes import (
+from pipeline.plan.masks.preset import (
     Harmonics,
     MaskPreset,
     Morphology,
     SecondLesion,
     SizeClass,
     StalkSpec,
-    draw_mask,
-    sample_with_levels,
 )
+from pipeline.plan.masks.sampling import sample_with_levels
+from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.masks.stats import (
     KS_STATS,
     ks_report,
