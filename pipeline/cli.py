@@ -43,8 +43,9 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 def cmd_masks_fit(args: argparse.Namespace) -> int:
     from pipeline.plan.masks.fit import fit_preset
+    from pipeline.plan.prompts.bank import PromptBank
 
-    preset = fit_preset(args.reference, seed=args.seed)
+    preset = fit_preset(args.reference, PromptBank.load(args.bank), seed=args.seed)
     preset.save(args.out)
     log.info("wrote preset fitted on %s to %s", args.reference, args.out)
     return 0
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="folder of real binary masks (*.png, *.jpg)")
     p.add_argument("--out", required=True, help="preset YAML to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bank", default="prompts/clinical.yaml",
+                   help="prompt bank whose size and morphology shares the preset's bands follow")
     sample = masks_sub.add_parser("sample", help="write N mask PNGs and their parameters for inspection")
     sample.set_defaults(fn=cmd_masks_sample)
     sample.add_argument("--n", type=_count, default=16)

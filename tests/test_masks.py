@@ -20,35 +20,37 @@ from pipeline.plan.masks.sampling import sample_mask_params
 from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.masks.stats import (
     KS_STATS,
+    drawing_sizes,
     ks_report,
     load_reference_stats,
     mask_stats,
+    stats_table,
 )
+from pipeline.plan.prompts.bank import PromptBank
 from pipeline.testing.data import shared_data
+from pipeline.tools.masks import check_against_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 KVASIR = shared_data() / "kvasir-seg" / "masks"
 DEFAULT = ROOT / "masks" / "default.yaml"
 KS_LIMIT = 0.10
 
-# the default prompt bank's weights; 0-Ip is never diminutive
-MORPHOLOGY = {"0-Ip": 0.10, "0-Isp": 0.15, "0-Is": 0.40, "0-IIa": 0.25, "0-IIb": 0.05, "0-IIc": 0.05}
-SIZE = {"diminutive": 0.30, "small": 0.35, "large": 0.25, "giant": 0.10}
-
+BANK = PromptBank.load(ROOT / "prompts" / "clinical.yaml")
+SIZE = BANK.axes["size"].ids()
 
 
 def bank_attributes(rng: np.random.Generator) -> dict[str, str]:
-    morphology = str(rng.choice(list(MORPHOLOGY), p=list(MORPHOLOGY.values())))
-    sizes = {k: w for k, w in SIZE.items() if not (morphology == "0-Ip" and k == "diminutive")}
-    weights = np.array(list(sizes.values()))
-    return {"morphology": morphology, "size": str(rng.choice(list(sizes), p=weights / weights.sum()))}
+    """Attributes as the real prompt bank draws them (its weights and constraints)."""
+    return BANK.sample(rng).attributes
 
 
-def generated_stats(preset: MaskPreset, n: int, seed: int, side: int = 512) -> dict[str, np.ndarray]:
+def generated_stats(preset: MaskPreset, sizes: list[tuple[int, int]], seed: int) -> dict[str, np.ndarray]:
+    """Masks as a job draws them, one per (width, height), measured like the reference."""
     rng = np.random.default_rng(seed)
-    rows = [mask_stats(draw_mask(sample_mask_params(preset, bank_attributes(rng), FieldOfView.full(), rng),
-                                 side, side)) for _ in range(n)]
-    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+    return stats_table(
+        draw_mask(sample_mask_params(preset, bank_attributes(rng), FieldOfView.full(w, h), rng), w, h)
+        for w, h in sizes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_reference_figures(kvasir):
 
 
 def test_default_preset_matches_kvasir(preset, kvasir):
-    generated = generated_stats(preset, 1200, seed=11)
+    generated = generated_stats(preset, drawing_sizes(kvasir, 1200, seed=11), seed=11)
     ks = ks_report(generated, kvasir)
     assert set(ks) == set(KS_STATS)
     assert max(ks.values()) <= KS_LIMIT, ks
@@ -109,12 +111,35 @@ def test_fit_adapts_to_a_different_reference(tmp_path, preset, kvasir):
     for path in np.array(paths)[large]:
         (folder / path.name).symlink_to(path)
     reference = load_reference_stats(folder)
-    assert ks_report(generated_stats(preset, 600, seed=5), reference)["area_fraction"] > 0.3
+    assert ks_report(generated_stats(preset, drawing_sizes(reference, 600, 5), seed=5), reference)["area_fraction"] > 0.3
 
-    fitted = fit_preset(folder, seed=1)
-    ks = ks_report(generated_stats(fitted, 1000, seed=12), reference)
+    fitted = fit_preset(folder, BANK, seed=1)
+    ks = ks_report(generated_stats(fitted, drawing_sizes(reference, 1000, 12), seed=12), reference)
     assert max(ks.values()) <= KS_LIMIT, ks
     assert "large" in fitted.fitted_on
+
+
+def test_fit_at_the_reference_pixel_size(tmp_path, kvasir):
+    """Solidity depends on the pixel grid: Kvasir-SEG resampled to 384x288 is matched only by masks
+    drawn at 384x288, which is what fit (and check) do, from the reference's own sizes."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for path in sorted(KVASIR.glob("*.jpg")):
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(folder / f"{path.stem}.png"), cv2.resize(mask, (384, 288), interpolation=cv2.INTER_NEAREST))
+    reference = load_reference_stats(folder)
+    assert set(drawing_sizes(reference, 50, 0)) == {(384, 288)}
+    fitted = fit_preset(folder, BANK, seed=2)
+    ks = ks_report(generated_stats(fitted, drawing_sizes(reference, 1000, 13), seed=13), reference)
+    assert max(ks.values()) <= KS_LIMIT, ks
+
+
+def test_check_draws_at_the_reference_sizes(kvasir):
+    """`masks check` on Kvasir-SEG at its native sizes (332x487 up to 1920x1072) with the default preset."""
+    report = check_against_reference(str(DEFAULT), str(ROOT / "prompts" / "clinical.yaml"), str(KVASIR), 1200, 3)
+    assert report["pass"] and max(report["ks"].values()) <= KS_LIMIT, report["ks"]
+    sizes = drawing_sizes(kvasir, 1200, 3)
+    assert len(set(sizes)) > 20 and max(w for w, _ in sizes) >= 1280
 
 
 @pytest.mark.parametrize("size", [(512, 512), (640, 480), (333, 517)])
@@ -142,7 +167,7 @@ def test_masks_follow_attributes(preset):
         rows = [mask_stats(draw_mask(p, 256, 256)) for p in params]
         return params, {key: float(np.mean([row[key] for row in rows])) for key in KS_STATS}
 
-    areas = [drawn("0-Is", size, 60)[1]["area_fraction"] for size in SIZE]
+    areas = [drawn("0-Is", size, 60)[1]["area_fraction"] for size in SIZE]  # diminutive → giant
     assert areas == sorted(areas) and areas[-1] > 5 * areas[0]
     sessile = drawn("0-Is", "large")[1]
     pedunculated, stalked = drawn("0-Ip", "large")

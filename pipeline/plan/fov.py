@@ -39,9 +39,10 @@ class FieldOfView:
         object.__setattr__(self, "grid", grid)
 
     @classmethod
-    def full(cls) -> FieldOfView:
-        """Everything visible: frames without a border, or when detection is not wanted."""
-        return cls(np.ones((GRID_SIDE, GRID_SIDE), dtype=bool))
+    def full(cls, width: int = GRID_SIDE, height: int = GRID_SIDE) -> FieldOfView:
+        """Everything visible: frames without a border, or when detection is not wanted. The grid has
+        the image's aspect, which placement takes as the image's."""
+        return cls(np.ones(grid_shape(width, height), dtype=bool))
 
     def to_mask(self, width: int, height: int) -> np.ndarray:
         """Full-resolution boolean mask by nearest upscaling (pixel row y maps to cell y*gh//height)."""

@@ -32,18 +32,14 @@ from pipeline.plan.masks.sampling import sample_with_levels
 from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.masks.stats import (
     KS_STATS,
+    drawing_sizes,
     ks_report,
     load_reference_stats,
-    mask_stats,
+    stats_table,
 )
+from pipeline.plan.prompts.bank import PromptBank
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SIZE_SHARES = {"diminutive": 0.27, "small": 0.365, "large": 0.2607, "giant": 0.1043}
-"""Size classes in increasing size, with the shares the default prompt bank yields: its weights
-(.30, .35, .25, .10) after its rule that 0-Ip (a tenth of the samples) is never diminutive."""
-
-DEFAULT_MORPHOLOGY_SHARES = {"0-Ip": 0.10, "0-Isp": 0.15, "0-Is": 0.40, "0-IIa": 0.25, "0-IIb": 0.05, "0-IIc": 0.05}
 
 _ROUND_TO_ELONGATED = ("0-Is", "0-Ip", "0-Isp", "0-IIc", "0-IIa", "0-IIb")
 """Eccentricity bands in this order: domes are round, flat lesions spread; a stalk elongates a round head."""
@@ -58,7 +54,6 @@ _BAND_STRENGTH = 0.7
 _HARMONICS = Harmonics(orders=(3, 8), decay=1.0)
 _GAP = (0.1, 0.8)
 _KNOTS = 41
-_RESOLUTION = 512  # side of the square masks drawn for calibration (Kvasir-SEG's median is 573)
 _SAMPLES = 1500
 _ROUNDS = 7
 _PIXEL_SOLIDITY = 0.01  # rasterising costs convex outlines about this much solidity: a starting point
@@ -94,18 +89,17 @@ def _preset(base: MaskPreset, area: np.ndarray, eccentricity: np.ndarray, solidi
     })
 
 
-def _simulate(preset: MaskPreset, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Masks as a job draws them (attributes from the preset's own mix, full field of view).
+def _simulate(preset: MaskPreset, seed: int, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Masks as a job draws them (attributes from the preset's own mix, full field of view), each
+    at one of the reference's own sizes.
 
     Returns the quantile levels (N, 3: area, eccentricity, outline solidity) and the measured
     statistics; the same seed gives the same random numbers every round.
     """
     rng = np.random.default_rng([seed, 7])
-    fov = FieldOfView.full()
-    drawn = [sample_with_levels(preset, {}, fov, rng) for _ in range(_SAMPLES)]
-    rows = [mask_stats(draw_mask(params, _RESOLUTION, _RESOLUTION)) for params, _ in drawn]
-    levels = np.array([level for _, level in drawn])
-    return levels, {key: np.array([row[key] for row in rows]) for key in (*KS_STATS, "components")}
+    drawn = [sample_with_levels(preset, {}, FieldOfView.full(w, h), rng) for w, h in sizes]
+    generated = stats_table(draw_mask(params, w, h) for (params, _), (w, h) in zip(drawn, sizes))
+    return np.array([level for _, level in drawn]), generated
 
 
 def _wanted(generated: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -128,19 +122,20 @@ def _recalibrated(knots: np.ndarray, levels: np.ndarray, got: np.ndarray, refere
     return np.sort(np.clip(back(to(knots) + _STEP * _per_knot(levels, gap, knots.size)), *bounds))
 
 
-def fit_preset(reference_dir: str | Path, size_shares: Mapping[str, float] | None = None, seed: int = 0,
-               morphology_shares: Mapping[str, float] | None = None) -> MaskPreset:
-    """A preset whose masks match the reference folder's area, solidity and eccentricity distributions.
+def fit_preset(reference_dir: str | Path, bank: PromptBank, seed: int = 0) -> MaskPreset:
+    """A preset whose masks match the reference folder's area, solidity and eccentricity distributions,
+    drawn at the reference masks' own sizes.
 
-    `size_shares` (in increasing size) and `morphology_shares` are the prompt bank's weights; each
-    class gets a band as wide as its share. Takes ~10-20 s for 1000 reference masks.
+    Each size class (in the bank's order, increasing size) and each morphology gets a band as wide as
+    its share among the bank's samples. Takes ~10-20 s for 1000 reference masks.
     """
     reference = load_reference_stats(reference_dir)
     usable = ~np.isnan(reference["solidity"])
     if usable.sum() < _MIN_MASKS:
         raise MaskPresetError(f"{reference_dir}: {int(usable.sum())} non-empty masks, need at least {_MIN_MASKS}")
     reference = {key: values[usable] for key, values in reference.items()}
-    shares = dict(morphology_shares or DEFAULT_MORPHOLOGY_SHARES)
+    shares = bank.shares("morphology")
+    sizes = drawing_sizes(reference, _SAMPLES, seed)
     eccentricity_bands = _bands(_ordered(shares, _ROUND_TO_ELONGATED), "morphology")
     solidity_bands = _bands(_ordered(shares, _SMOOTH_TO_IRREGULAR), "morphology")
     multiple = reference["components"] >= 2
@@ -153,8 +148,7 @@ def fit_preset(reference_dir: str | Path, size_shares: Mapping[str, float] | Non
     solidity = np.clip(target["solidity"] + _PIXEL_SOLIDITY, 0.2, 1.0)
     base = MaskPreset(
         area_fraction=_round(area), eccentricity=_round(eccentricity), outline_solidity=_round(solidity),
-        size_classes={name: SizeClass(band=band) for name, band in _bands(size_shares or DEFAULT_SIZE_SHARES,
-                                                                          "size").items()},
+        size_classes={name: SizeClass(band=band) for name, band in _bands(bank.shares("size"), "size").items()},
         morphologies={
             name: Morphology(eccentricity_band=eccentricity_bands[name], solidity_band=solidity_bands[name],
                              stalk=_STALKS.get(name))
@@ -172,7 +166,7 @@ def fit_preset(reference_dir: str | Path, size_shares: Mapping[str, float] | Non
     second = base.second_lesion.probability
     for round_ in range(_ROUNDS):
         preset = _preset(base, area, eccentricity, solidity, second)
-        levels, generated = _simulate(preset, seed)
+        levels, generated = _simulate(preset, seed, sizes)
         ks = ks_report(generated, reference)
         log.info("fit round %d: KS %s", round_, {k: round(v, 3) for k, v in ks.items()})
         if max(ks.values()) < best_ks:
@@ -187,5 +181,6 @@ def fit_preset(reference_dir: str | Path, size_shares: Mapping[str, float] | Non
         second = min(second * float(multiple.mean()) / drawn_multiple, 1.0)  # some get no room, some merge
     name = "/".join(Path(reference_dir).resolve().parts[-2:])
     return best.model_copy(update={
-        "fitted_on": f"{name} ({usable.sum()} masks), seed {seed}; KS at {_RESOLUTION}px, {_SAMPLES} masks: {best_note}"
+        "fitted_on": f"{name} ({usable.sum()} masks), bank {bank.path}, seed {seed}; KS at the reference's sizes, "
+                     f"{_SAMPLES} masks: {best_note}"
     })

@@ -9,7 +9,7 @@ lesions, and are not counted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,11 +94,12 @@ def _read_stats(path: Path) -> dict[str, float]:
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise MaskPresetError(f"{path}: not a readable image")
-    return mask_stats(mask)
+    return {**mask_stats(mask), "width": float(mask.shape[1]), "height": float(mask.shape[0])}
 
 
 def load_reference_stats(folder: str | Path) -> dict[str, np.ndarray]:
-    """Statistics of every mask image in a folder (*.png, *.jpg, *.jpeg), one array per statistic."""
+    """Statistics of every mask image in a folder (*.png, *.jpg, *.jpeg), one array per statistic,
+    plus each mask's `width` and `height`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MaskPresetError(f"{folder}: reference mask folder not found")
@@ -107,6 +108,23 @@ def load_reference_stats(folder: str | Path) -> dict[str, np.ndarray]:
         raise MaskPresetError(f"{folder}: no mask images (*.png, *.jpg) in the reference folder")
     with ThreadPoolExecutor(max_workers=4) as pool:  # OpenCV decodes and labels without the GIL
         rows = list(pool.map(_read_stats, paths))
+    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+
+def drawing_sizes(reference: Mapping[str, np.ndarray], n: int, seed: int) -> list[tuple[int, int]]:
+    """`n` (width, height) pairs drawn from the reference masks' own sizes.
+
+    Solidity and eccentricity depend on the pixel grid a mask is drawn on, so generated masks are
+    compared with a reference only when drawn at the sizes the reference has.
+    """
+    sizes = np.stack([reference["width"], reference["height"]], axis=1).astype(int)
+    picks = np.random.default_rng([seed, 11]).integers(0, len(sizes), n)
+    return [(int(w), int(h)) for w, h in sizes[picks]]
+
+
+def stats_table(masks: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """`mask_stats` of many masks, one array per statistic."""
+    rows = [mask_stats(mask) for mask in masks]
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}
 
 

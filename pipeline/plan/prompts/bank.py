@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from collections import Counter
 from pathlib import Path
 from types import MappingProxyType
 
@@ -101,6 +102,14 @@ class PromptBank:
     def digest(self) -> str:
         """Hash of the validated content: layout and comments of the file do not change it."""
         return self._digest
+
+    def shares(self, axis: str, n: int = 20_000, seed: int = 0) -> dict[str, float]:
+        """How often each value of `axis` comes out of this bank, constraints included, in the axis's
+        own order: what a job's plans will actually hold (e.g. 0-Ip is never diminutive)."""
+        if axis not in self.axes:
+            raise PromptBankError(f"{self.path}: no axis '{axis}' (axes: {', '.join(self.axes)})")
+        drawn = Counter(sample.attributes[axis] for sample in self.sample_many(n, seed))
+        return {value: drawn[value] / n for value in self.axes[axis].ids() if drawn[value]}
 
     def sample(self, rng: np.random.Generator) -> PromptSample:
         """One sample; it takes the same number of draws from `rng` whatever it picks."""
