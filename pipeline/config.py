@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from pipeline.core.digests import json_digest
 from pipeline.core.yamlio import read_mapping, validate
-from pipeline.errors import ConfigError
+from pipeline.errors import UNION_TAG_PREFIX, ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +32,10 @@ class FramesConfig(_Section):
     source: str = Field(description="folder, glob pattern or fsspec URL (s3://bucket/prefix/*.jpg)")
     min_size: int = Field(128, gt=0, description="frames smaller than this on either side are skipped")
     limit: int | None = Field(None, gt=0, description="use at most this many frames (sorted by URI)")
+    metadata: str | None = Field(
+        None, description="CSV with a 'frame' column (file name or URI) and prompt-bank axis columns "
+        "(e.g. modality, location): values the frame decides, overriding modality detection"
+    )
 
 
 class PromptsConfig(_Section):
@@ -45,6 +49,7 @@ class MasksConfig(_Section):
 class EngineConfig(_Section):
     """SDXL inpainting settings; everything here is recorded in each shard's `engine` column."""
 
+    kind: Literal["sdxl"] = "sdxl"
     model: str = Field("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                        description="hub id, local folder, or testing/tiny-random (random weights, for tests)")
     revision: str | None = None
@@ -79,6 +84,52 @@ class EngineConfig(_Section):
     )
 
 
+class DonorSourceConfig(_Section):
+    """A labelled real set (images/ + masks/) whose training split becomes the donor library."""
+
+    images: str = Field(description="folder of images (<id>.jpg/.png)")
+    masks: str = Field(description="folder of binary masks with the same ids (JPEG masks are thresholded at 127)")
+    split: str | None = Field(None, description="file of the ids that may be donors (one per line): the TRAINING split")
+
+
+class TransplantEngineConfig(_Section):
+    """Weight-free engine: real lesions from a donor library, warped onto the planned mask and blended."""
+
+    kind: Literal["transplant"]
+    donors: str = Field(description="donor library (Parquet, from `polyp-synth donors build`)")
+    donors_source: DonorSourceConfig | None = Field(
+        None, description="build `donors` from this labelled set when the file is missing; None: it must exist"
+    )
+    blend: Literal["alpha", "pyramid", "poisson"] = Field(
+        "pyramid", description="alpha: feathered paste; pyramid: Laplacian-pyramid blend; poisson: cv2.seamlessClone"
+    )
+    colour_transfer: bool = Field(True, description="Reinhard transfer in Lab from the donor's mucosa to the frame's")
+    candidates: int = Field(8, gt=0, description="the seed picks among this many most compatible donors")
+    output_resolution: int | None = Field(
+        None, gt=0, description="output side length; None keeps each source frame's own size"
+    )
+    mask_dilation: int = Field(3, ge=0, description="pixels the repaint region extends past the label")
+    mask_feather: int = Field(6, ge=0, description="width of the soft blend at the repaint edge, pixels")
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """Settings that decide a sample's pixels (part of its id); where the library came from does not."""
+        return self.model_dump(mode="json", exclude={"donors_source"})
+
+
+def _engine_kind(value: Any) -> str:
+    kind = value.get("kind", "sdxl") if isinstance(value, dict) else getattr(value, "kind", None)
+    return f"{UNION_TAG_PREFIX}{kind}"
+
+
+AnyEngineConfig = Annotated[
+    Annotated[EngineConfig, Tag(f"{UNION_TAG_PREFIX}sdxl")]
+    | Annotated[TransplantEngineConfig, Tag(f"{UNION_TAG_PREFIX}transplant")],
+    Discriminator(_engine_kind, custom_error_type="engine_kind",
+                  custom_error_message="kind must be sdxl or transplant"),
+]
+"""The `engine` section: `kind: sdxl` (the default, so older job files keep working) or `kind: transplant`."""
+
+
 class ExecutorConfig(_Section):
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description="Ray address; None uses RAY_ADDRESS or 'auto'")
@@ -88,6 +139,44 @@ class ExecutorConfig(_Section):
     shard_retries: int = Field(2, ge=0)
     timeout_s: float = Field(3600.0, gt=0, description="longest wait for any single shard")
     connect_timeout_s: float = Field(60.0, gt=0, description="longest wait for a named Ray cluster to answer")
+
+
+class GateReferenceConfig(_Section):
+    """Real polyp images the gate measures against (`polyp-synth reference build` writes `path`)."""
+
+    path: str = Field("references/default", description="reference folder; built from `images` when missing")
+    images: str | None = Field(None, description="folder of real polyp images to build the reference from")
+    masks: str | None = Field(None, description="their masks (same file stems): lesion crops and the probe")
+    negatives: str | None = Field(None, description="polyp-free frames: the probe's negative class")
+    limit: int | None = Field(None, gt=0, description="use at most this many images (sorted by name)")
+
+
+class GateConfig(_Section):
+    """Quality gate: per-sample bounds (each failed bound is a named reason), a per-shard KID bound
+    (a shard above it is rejected whole), and run-level bounds (a run outside them fails the gate)."""
+
+    reference: GateReferenceConfig = GateReferenceConfig()
+    extractor: Literal["efficientnet-lite0", "efficientnet-lite2", "inception"] = "efficientnet-lite0"
+    inception_path: str | None = Field(None, description="folder or file of clean-fid's inception-2015-12-05.pt")
+    device: str = "auto"
+    batch_size: int = Field(32, gt=0)
+    # per sample
+    unpainted_ms_ssim_max: float | None = Field(0.98, description="MS-SSIM of the repaint window vs its source frame")
+    leaked_fraction_max: float | None = Field(0.001, description="fraction of pixels changed outside the repaint region")
+    blank_std_min: float | None = Field(4.0, description="grey-level standard deviation of the image")
+    saturated_fraction_max: float | None = Field(0.3, description="fraction of pixels with a channel at 0 or 255 "
+                                                                  "inside the field of view")
+    lesion_score_min: float | None = Field(0.5, description="probe probability of a polyp in the label's crop")
+    realism_min: float | None = Field(0.7, description="k-NN realism score against the reference (1 = inside it)")
+    duplicate_similarity_max: float | None = Field(0.995, description="cosine similarity of features to another sample")
+    nearest_k: int = Field(5, gt=0, description="k of the k-NN balls (precision/recall/density/coverage, realism)")
+    # per shard and per run
+    shard_kid_max: float | None = Field(None, description="a shard whose KID exceeds this is rejected whole")
+    run_kid_max: float | None = Field(None, description="the run fails when the KID of its samples exceeds this")
+    run_fid_max: float | None = None
+    run_precision_min: float | None = None
+    acceptance_min: float | None = Field(0.5, ge=0, le=1, description="the run fails when fewer are accepted")
+    diversity_pairs: int = Field(8, ge=0, description="sampled image pairs per shard for the MS-SSIM diversity")
 
 
 class JobConfig(_Section):
@@ -101,8 +190,9 @@ class JobConfig(_Section):
     frames: FramesConfig
     prompts: PromptsConfig = PromptsConfig()
     masks: MasksConfig = MasksConfig()
-    engine: EngineConfig = EngineConfig()
+    engine: AnyEngineConfig = EngineConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("run_id")
     @classmethod

@@ -27,6 +27,7 @@ from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
 from pipeline.plan.fov import FieldOfView, detect_fov
+from pipeline.plan.modality import detect_modality
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class FrameRecord:
     width: int
     height: int
     fov: FieldOfView
+    modality: str  # detected from the frame's colours: "wli" or "nbi" (see plan.modality)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def _inspect(uri: str, min_size: int) -> FrameRecord | SkippedFrame:
     if not fov.grid.any():
         return SkippedFrame(uri, "no tissue: nothing in the frame is visible tissue to paint on")
     height, width = rgb.shape[:2]
-    return FrameRecord(uri, sha256_hex(data), width, height, fov)
+    return FrameRecord(uri, sha256_hex(data), width, height, fov, detect_modality(rgb, fov))
 
 
 def _read(uri: str) -> bytes:

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +35,7 @@ from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.modality import frame_values, read_frame_metadata
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.plan.prompts.schema import PromptSample
 
@@ -83,6 +85,8 @@ class FramesInfo(BaseModel):
     digest: str
     usable: int
     skipped: list[SkippedFrameInfo]
+    metadata: str | None = None  # the per-frame metadata CSV, if any
+    decided: dict[str, dict[str, int]] = {}  # frames per value of each axis the frames decide
 
 
 class InputInfo(BaseModel):
@@ -214,6 +218,27 @@ def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, 
         return [mask for chunk in progress_bar(results, "planning masks", len(chunks), "chunks") for mask in chunk]
 
 
+def _frame_decided(config: JobConfig, catalog: FrameCatalog, bank: PromptBank) -> list[dict[str, str]]:
+    """Per catalog frame, the prompt-bank axis values it decides (detected modality, metadata CSV),
+    each checked against the bank so that a bad value names its frame before any sampling."""
+    metadata = read_frame_metadata(config.frames.metadata) if config.frames.metadata else {}
+    decided = []
+    for record in catalog.records:
+        values = {axis: value for axis, value in frame_values(record.uri, record.modality, metadata).items()
+                  if axis in bank.axes}
+        bank.check_given(values, f"{config.frames.metadata or 'frame'} ({record.uri})")
+        decided.append(values)
+    return decided
+
+
+def _tally(decided: list[dict[str, str]]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {}
+    for values in decided:
+        for axis, value in values.items():
+            counts.setdefault(axis, Counter())[value] += 1
+    return {axis: dict(sorted(counter.items())) for axis, counter in counts.items()}
+
+
 def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None) -> Plan:
     """Turn a job config into its plan; `n` plans only the first n samples of the job."""
     total = planned_count(config, n)
@@ -224,9 +249,10 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     bank = PromptBank.load(config.prompts.bank)
     preset = MaskPreset.load(config.masks.preset)
 
-    prompts = bank.sample_many(total, config.seed)
     order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
     frames = [int(order[index % len(order)]) for index in range(total)]
+    decided = _frame_decided(config, catalog, bank)
+    prompts = bank.sample_many(total, config.seed, [decided[frame] for frame in frames])
     masks = _sample_masks(config, preset, catalog, prompts, frames)
     engine_json = json.dumps(pixel_settings(config.engine), sort_keys=True)
 
@@ -251,7 +277,8 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
         config=config.model_dump(mode="json"),
         config_digest=config.digest(),
         frames=FramesInfo(source=catalog.source, digest=catalog.digest(), usable=len(catalog.records),
-                          skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped]),
+                          skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped],
+                          metadata=config.frames.metadata, decided=_tally(decided)),
         prompt_bank=InputInfo(path=config.prompts.bank, digest=bank.digest()),
         mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
         pipeline_version=__version__,

@@ -23,6 +23,7 @@ from pipeline.errors import ConfigError, ShardError
 from pipeline.generate.shards import read_shard
 from pipeline.generate.window import paint_window
 from pipeline.generate.worker import prepare_sample
+from pipeline.plan.modality import MODALITY_AXIS
 from pipeline.plan.plan import build_plan
 
 TILE = 256
@@ -71,6 +72,12 @@ def contact_sheet(cells: list[Image.Image], out: str) -> None:
         raise ConfigError(f"--out {out}: cannot write the contact sheet ({exc})") from None
 
 
+def caption(row: dict) -> str:
+    """The prompt, led by the frame's modality (which the frame decides, so the prompt must agree)."""
+    modality = (row.get("attributes") or {}).get(MODALITY_AXIS)
+    return f"[{modality.upper()} frame] {row['prompt']}" if modality else row["prompt"]
+
+
 def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> None:
     """Frames, planned masks and prompts of the first n samples of a job; with `windows`, also the
     square the engine will paint each in."""
@@ -78,7 +85,7 @@ def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> No
     for row in build_plan(config, n).table.to_pylist():
         frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
         window = paint_window(mask, config.engine).as_list() if windows else None
-        cells.append(tile(frame, mask, row["prompt"], window))
+        cells.append(tile(frame, mask, caption(row), window))
     contact_sheet(cells, out)
 
 
@@ -93,9 +100,10 @@ def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:
         if not name.endswith(".parquet"):
             continue
         table = read_shard(storage.join(shard_dir, name))
-        columns = ["image", "mask", "prompt"] + (["window"] if windows and "window" in table.column_names else [])
+        columns = ["image", "mask", "prompt", "attributes"] + (
+            ["window"] if windows and "window" in table.column_names else [])
         for row in table.select(columns).slice(0, n - len(cells)).to_pylist():
-            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), row["prompt"],
+            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), caption(row),
                               row.get("window")))
     if not cells:
         raise ShardError(f"{run_dir}: no shards to preview (is this a run directory?)")

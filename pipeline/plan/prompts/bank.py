@@ -13,8 +13,8 @@ calls of `sample` on `numpy.random.default_rng(seed)`, in any process.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -111,23 +111,47 @@ class PromptBank:
         drawn = Counter(sample.attributes[axis] for sample in self.sample_many(n, seed))
         return {value: drawn[value] / n for value in self.axes[axis].ids() if drawn[value]}
 
-    def sample(self, rng: np.random.Generator) -> PromptSample:
-        """One sample; it takes the same number of draws from `rng` whatever it picks."""
-        return self._render(rng.random(self._width).tolist())
+    def check_given(self, given: Mapping[str, str], source: str) -> dict[str, int]:
+        """Values a frame decides, as bit masks, once checked: each must be a value of a single-valued
+        axis that no constraint restricts, so it can never contradict what the bank draws before it
+        (constraints may still follow from it: NBI makes NICE 2/3 polyps brownish)."""
+        masks = {}
+        for name, value in given.items():
+            if name not in self.axes:
+                continue  # the bank does not describe this axis: nothing to agree with
+            k = list(self.axes).index(name)
+            sampler = self._samplers[k]
+            if not sampler.single:
+                raise PromptBankError(f"{source}: {name}: a frame can only decide a single-valued axis")
+            if value not in sampler.ids:
+                raise PromptBankError(f"{source}: {name}={value!r} is not a value of the bank's axis "
+                                      f"(values: {', '.join(sampler.ids)})")
+            if sampler.restricted:
+                raise PromptBankError(f"{self.path}: a constraint restricts axis '{name}', so a frame cannot "
+                                      "decide it; reorder the bank's axes so that it comes first")
+            masks[name] = 1 << sampler.ids.index(value)
+        return masks
 
-    def sample_many(self, n: int, seed: int) -> list[PromptSample]:
-        """`n` samples from `default_rng(seed)`: the same as `n` calls of `sample` on that generator."""
+    def sample(self, rng: np.random.Generator, given: Mapping[str, str] | None = None) -> PromptSample:
+        """One sample; it takes the same number of draws from `rng` whatever it picks."""
+        return self._render(rng.random(self._width).tolist(), self.check_given(given or {}, "given"))
+
+    def sample_many(self, n: int, seed: int, given: Sequence[Mapping[str, str]] | None = None) -> list[PromptSample]:
+        """`n` samples from `default_rng(seed)`: the same as `n` calls of `sample` on that generator.
+        `given[i]` holds the axis values sample i's frame decides (checked with `check_given`)."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        masks = [self.check_given(values, "given") for values in given] if given is not None else [{}] * n
         rng = np.random.default_rng(seed)
         samples: list[PromptSample] = []
         while len(samples) < n:
             rows = rng.random((min(_CHUNK, n - len(samples)), self._width)).tolist()
-            samples.extend(map(self._render, rows))
+            samples.extend(map(self._render, rows, masks[len(samples):len(samples) + len(rows)]))
         return samples
 
-    def _render(self, u: Sequence[float]) -> PromptSample:
-        """One sample from its row of uniforms: one for the template, then `width` per axis."""
+    def _render(self, u: Sequence[float], given: Mapping[str, int]) -> PromptSample:
+        """One sample from its row of uniforms: one for the template, then `width` per axis. A given
+        axis keeps its value (its value draw is spent all the same, so the stream does not shift)."""
         template = self._templates[draw(self._template_weights, u[0])]
         chosen = [0] * len(self._samplers)
         attributes: dict[str, str | list[str]] = {}
@@ -136,7 +160,10 @@ class PromptBank:
         for k, sampler in enumerate(self._samplers):
             at = sampler.at
             if sampler.single:
-                values, bits, cumulative = sampler.fixed or sampler.table(sampler.excluded(chosen))
+                if sampler.name in given:
+                    values, bits, cumulative = sampler.table(sampler.full & ~given[sampler.name])
+                else:
+                    values, bits, cumulative = sampler.fixed or sampler.table(sampler.excluded(chosen))
                 j = draw(cumulative, u[at])
                 phrases = values[j].phrases
                 chosen[k] = bits[j]

@@ -47,6 +47,9 @@ class AxisSampler:
         self.single = axis.pick is None
         self.low, self.high = axis.pick or (1, 1)
         self.width = 2 if self.single else 1 + 2 * self.high  # uniforms used per sample
+        self.ids = tuple(value.id for value in axis.values)
+        self.full = (1 << len(axis.values)) - 1  # every value's bit
+        self.restricted = bool(rules)  # a constraint limits this axis's values
         self._rules = tuple(rules)
         context = sorted({j for rule in rules for j, _ in rule.conditions})
         self._context = operator.itemgetter(*context) if context else None
