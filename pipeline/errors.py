@@ -12,10 +12,16 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 
+UNION_TAG_PREFIX = "kind:"
+"""Tags of discriminated config sections (`Tag("kind:transplant")`) start with this. Pydantic puts the
+tag in an error's path, where the user never wrote it, so the summary leaves it out."""
+
+
 def validation_summary(error: ValidationError) -> str:
     """The first problem of a pydantic validation error as `field.path[i]: message (got value)`, one line."""
     first = error.errors()[0]
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    path = [part for part in first["loc"] if not (isinstance(part, str) and part.startswith(UNION_TAG_PREFIX))]
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
     field = field or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
@@ -76,3 +82,7 @@ class DataError(PolypSynthError):
 
 class TrainError(PolypSynthError):
     """A training setting, encoder or checkpoint is invalid or missing."""
+
+
+class DonorError(PolypSynthError):
+    """A donor library (real lesions for the transplant engine) cannot be built or read."""
