@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -95,3 +96,15 @@ def test_masks_fit_adapts_to_another_mask_set(tmp_path):
     assert run("masks", "fit", "--reference", reference, "--out", preset).returncode == 0
     done = run("masks", "check", "--preset", preset, "--reference", reference, "--n", 1000)
     assert json.loads(done.stdout)["pass"], done.stdout
+
+
+def test_a_named_cluster_that_does_not_answer_fails_fast(tmp_path):
+    """Ray's own client would retry 127.0.0.1:1 forever; we give up at once with one line."""
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipeline", "generate", "jobs/smoke.yaml", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "polyp-synth: error: RAY_ADDRESS: no Ray cluster answers at '127.0.0.1:1' (waited up to 60s)")
+    assert time.monotonic() - start < 120
