@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pipeline.core import storage
 
 PROVENANCE_KEY = b"polyp_synth"
+_FOOTER_BLOCK = 64 * 1024
 
 
 def to_bytes(table: pa.Table, provenance: dict[str, Any], extra_metadata: dict[bytes, bytes] | None = None) -> bytes:
@@ -47,4 +48,5 @@ def read_footer(url: str) -> pq.ParquetFile:
     """Open a file for its footer and chosen columns only: object stores send those byte ranges, not
     the whole object. The caller reads what it needs before the handle is closed."""
     fs, path = storage.filesystem(url)
-    return pq.ParquetFile(fs.open(path, "rb"))
+    # Small blocks: object-store files otherwise read ahead megabytes for a footer of kilobytes.
+    return pq.ParquetFile(fs.open(path, "rb", block_size=_FOOTER_BLOCK))
