@@ -12,14 +12,14 @@ import sys
 from collections.abc import Callable
 
 from pipeline import __version__
-from pipeline.config import JobConfig, load_config
+from pipeline.config import JobConfig, M, load_config
 from pipeline.core import logsetup
 from pipeline.errors import ConfigError, PolypSynthError
 
 log = logging.getLogger("pipeline")
 
 
-def _job(args: argparse.Namespace) -> JobConfig:
+def _job(args: argparse.Namespace, model: type[M] = JobConfig) -> M:
     if args.config and args.job and args.config != args.job:
         raise ConfigError(f"two job configs given ({args.job} and --config {args.config}): pass one")
     path = args.config or args.job
@@ -30,7 +30,7 @@ def _job(args: argparse.Namespace) -> JobConfig:
         overrides.append(f"output={args.out}")
     if getattr(args, "executor", None):
         overrides.append(f"executor.kind={args.executor}")
-    return load_config(path, overrides)
+    return load_config(path, overrides, model)
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
@@ -122,6 +122,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from pipeline.train.finetune.config import FinetuneConfig
+
+    config = _job(args, FinetuneConfig)
+    if config.executor.kind == "ray":
+        from pipeline.train.finetune.distributed import finetune_on_ray
+
+        result = finetune_on_ray(config)
+    else:
+        from pipeline.train.finetune.trainer import finetune
+
+        result = finetune(config)
+    print(result.line())
+    return 0
+
+
 def _executor(config: JobConfig):
     if config.executor.kind == "ray":
         from pipeline.executors.ray import RayExecutor
@@ -154,12 +170,14 @@ def _count(text: str) -> int:
 
 
 def _job_arguments(parser: argparse.ArgumentParser, n_help: str = "only the first N samples of the job",
-                   out_help: str = "output root (local path or fsspec URL); the run goes to OUT/RUN_ID") -> None:
+                   out_help: str = "output root (local path or fsspec URL); the run goes to OUT/RUN_ID",
+                   with_n: bool = True) -> None:
     parser.add_argument("job", nargs="?", help="job config (YAML)")
     parser.add_argument("--config", help="job config (YAML), same as the positional JOB")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field; repeatable")
     parser.add_argument("--out", help=out_help)
-    parser.add_argument("--n", type=_count, help=n_help)
+    if with_n:
+        parser.add_argument("--n", type=_count, help=n_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", cmd_inspect, "summarise a run: shards, rows, sizes, settings")
     p.add_argument("run_dir")
+    p = command("finetune", cmd_finetune, "train a LoRA of the inpainting model on real labelled polyps")
+    _job_arguments(p, out_help="folder of the fine-tuning run (LoRA, card, checkpoints, sheets)", with_n=False)
+    p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind (ray: Ray Train, a worker per GPU)")
     return parser
 
 

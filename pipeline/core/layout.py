@@ -20,12 +20,25 @@ EXPORT/
   manifest.json                     written last; readers require it
 ```
 
-Stages take a `RunLayout` / `ExportLayout` and ask it for URLs; nothing else spells these names.
+A fine-tuning run (`polyp-synth finetune`, a local or shared-mount folder) has its `FinetuneLayout`:
+
+```
+FINETUNE_DIR/
+  pytorch_lora_weights.safetensors  the LoRA in diffusers' format (what `engine.lora` names)
+  lora_card.json, README.md         base model, data hashes, settings, final loss
+  checkpoints/step-000100/          lora.safetensors, optimizer.pt, state.json (resume)
+  validation/step-000100.png        contact sheet of held-out frames inpainted at that step
+  loss_curve.png
+```
+
+Stages take a `RunLayout` / `ExportLayout` / `FinetuneLayout` and ask it for URLs; nothing else spells
+these names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.core import storage
 
@@ -140,3 +153,45 @@ class ExportLayout:
 
     def url(self, relative: str) -> str:
         return storage.join(self.root, relative)
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: `load_lora_weights(folder)` finds it
+
+
+@dataclass(frozen=True)
+class FinetuneLayout:
+    """The files of one fine-tuning run; `root` is a folder every training worker can write."""
+
+    root: Path
+
+    @property
+    def lora(self) -> Path:
+        return self.root / LORA_FILE
+
+    @property
+    def card_json(self) -> Path:
+        return self.root / "lora_card.json"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step-{step:06d}"
+
+    @staticmethod
+    def checkpoint_step(folder: Path) -> int | None:
+        """The step of a checkpoint folder's name, None for anything else (a temporary folder)."""
+        name = folder.name
+        return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else None
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.root / "loss_curve.png"
+
+    def validation_sheet(self, step: int) -> Path:
+        return self.root / "validation" / f"step-{step:06d}.png"

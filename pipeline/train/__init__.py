@@ -1,0 +1,1 @@
+"""Training: the reference segmentation trainer and the generator fine-tuning (finetune/)."""
