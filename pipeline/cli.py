@@ -138,6 +138,60 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.export.export import ExportOptions, export_runs
+
+    manifest = export_runs(args.run_dirs, ExportOptions(
+        out=args.out, format=args.format, include_rejected=args.include_rejected, force=args.force,
+        shard_size=args.shard_size))
+    print(f"{args.out}: {manifest.samples} samples ({manifest.format}) from {len(manifest.runs)} run(s), "
+          f"{len(manifest.files)} files")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.data.sources import resolve
+    from pipeline.train.segment import TrainSettings, train
+
+    settings = _settings(TrainSettings, args, ("encoder", "size", "epochs", "steps", "batch_size", "lr", "ratio",
+                                               "seed", "workers", "device"))
+    real = [ref for spec in args.real for ref in resolve(spec)]
+    synthetic = [ref for spec in args.synthetic or [] for ref in resolve(spec)]
+    result = train(real, settings, args.out, synthetic, args.real, args.synthetic or [])
+    print(f"{result.checkpoint}: {result.record.steps} steps, {result.record.epochs} epochs, "
+          f"final loss {result.record.epoch_losses[-1]:.4f}, {result.record.seconds:.0f} s")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.train.evaluate import evaluate, report_table
+
+    reports = evaluate(args.checkpoint, args.data, args.device)
+    payload = json.dumps({"checkpoint": args.checkpoint, "sets": [r.to_json() for r in reports]}, indent=2)
+    if args.json:
+        from pipeline.core import storage
+
+        storage.write_bytes_atomic(args.json, payload.encode())
+    else:
+        print(payload)
+    Console(stderr=True).print(report_table(reports, args.checkpoint))
+    return 0
+
+
+def _settings(model, args: argparse.Namespace, names: tuple[str, ...]):
+    """A settings model from the given CLI arguments; a bad value is one ConfigError line."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import validation_summary
+
+    try:
+        return model(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"--{validation_summary(exc).replace('_', '-')}") from None
+
+
 def _executor(config: JobConfig):
     if config.executor.kind == "ray":
         from pipeline.executors.ray import RayExecutor
@@ -243,6 +297,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", cmd_inspect, "summarise a run: shards, rows, sizes, settings")
     p.add_argument("run_dir")
+
+    p = command("export", cmd_export, "write the gate's accepted samples of runs as Parquet or image folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="gated runs to merge (local or fsspec URL)")
+    p.add_argument("--out", required=True, help="export folder (local or fsspec URL)")
+    p.add_argument("--format", choices=("parquet", "folders"), default="parquet")
+    p.add_argument("--shard-size", type=_count, default=256, help="rows per Parquet file")
+    p.add_argument("--include-rejected", action="store_true", help="also samples the gate rejected")
+    p.add_argument("--force", action="store_true", help="export runs whose run-level gate failed")
+
+    p = command("train", cmd_train, "train the reference U-Net on real (+ synthetic) pairs; safetensors checkpoint")
+    p.add_argument("--real", action="append", required=True, metavar="DIR[:SPLIT]",
+                   help="real images/ + masks/ folder, split name or file; repeatable")
+    p.add_argument("--synthetic", action="append", metavar="EXPORT", help="export, run or shards; repeatable")
+    p.add_argument("--ratio", type=float, help="synthetic pairs per real pair per epoch (default 0)")
+    p.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
+    p.add_argument("--encoder", help="efficientnet-lite0 (default), efficientnet-lite2 or an smp encoder")
+    p.add_argument("--size", type=int, help="square training size (default 352)")
+    p.add_argument("--epochs", type=int, help="default 20")
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader workers (default 0: in-process, with a resize cache)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, …")
+
+    p = command("evaluate", cmd_evaluate, "Dice, IoU, precision, recall, HD95 of a checkpoint on labelled sets")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", action="append", required=True, metavar="DIR[:SPLIT]", help="repeatable")
+    p.add_argument("--json", help="write the JSON report here instead of stdout")
+    p.add_argument("--device", default="auto")
+
     p = command("finetune", cmd_finetune, "train a LoRA of the inpainting model on real labelled polyps")
     _job_arguments(p, out_help="folder of the fine-tuning run (LoRA, card, checkpoints, sheets)", with_n=False)
     p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind (ray: Ray Train, a worker per GPU)")

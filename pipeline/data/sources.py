@@ -3,7 +3,8 @@
 Three kinds of source, one reference type:
 - a real labelled folder `DIR` with `images/<id>.*` + `masks/<id>.*` and an optional split file
   (`DIR:train` reads `DIR/splits/train.txt`; `DIR:path/to/ids.txt` any file of ids);
-- an export (`manifest.json` required: a half-written export is refused), Parquet or folders;
+- an export (a folder with `manifest.json`, `README.md` or `data/`; its manifest is required, so a
+  half-written export is refused), Parquet or folders;
 - a run directory's `shards/`, or Parquet files by URL or glob (local or `s3://`).
 
 Masks are labels: anything above 127 is foreground (Kvasir-SEG's masks are JPEGs, nearly binary).
@@ -21,6 +22,8 @@ import pyarrow as pa
 from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png
 from pipeline.core.layout import (
+    EXPORT_CARD_FILE,
+    EXPORT_DATA_DIR,
     EXPORT_IMAGE_DIR,
     EXPORT_MASK_DIR,
     MANIFEST_FILE,
@@ -92,10 +95,15 @@ def folder_refs(spec: DataSpec) -> list[PairRef]:
     return [PairRef(source=images[i], mask=masks[i], sample_id=i) for i in ids]
 
 
+def _is_export(names: list[str]) -> bool:
+    """An export's folder: its manifest, its card or its data/ (then a missing manifest means unfinished)."""
+    return SHARD_DIR not in names and bool({MANIFEST_FILE, EXPORT_CARD_FILE, EXPORT_DATA_DIR} & set(names))
+
+
 def parquet_files(root: str) -> list[str]:
     """The Parquet files of an export (from its manifest), a run (its shards) or a file/glob URL."""
     names = storage.list_names(root) if not root.endswith(".parquet") and "*" not in root else []
-    if MANIFEST_FILE in names and SHARD_DIR not in names:
+    if _is_export(names):
         manifest = ExportManifest.read(root)
         return [ExportLayout(root).url(f.path) for f in manifest.files if f.path.endswith(".parquet")]
     if SHARD_DIR in names:
@@ -132,7 +140,7 @@ def resolve(spec: DataSpec | str) -> list[PairRef]:
     """Pairs of any source: an export's manifest says its format; a folder with images/ is a folder."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     names = storage.list_names(spec.root)
-    if MANIFEST_FILE in names and SHARD_DIR not in names:
+    if _is_export(names):
         if ExportManifest.read(spec.root).format == "folders":
             return folder_refs(spec)
         return shard_refs(spec)

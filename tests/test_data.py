@@ -1,0 +1,104 @@
+"""Loaders: real folders with split files, exports and shards; every pair exactly once across
+distributed ranks and DataLoader workers; real + synthetic at a ratio."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from pipeline.data.dataset import (
+    PairStream,
+    collate,
+    eval_transform,
+    partition,
+    train_transform,
+)
+from pipeline.data.sources import DataSpec, folder_refs, read_pairs, resolve
+from pipeline.errors import DataError
+from pipeline.export.export import ExportOptions, export_runs
+from pipeline.testing.data import shared_data
+from pipeline.testing.runs import kvasir_pairs, write_gated_run
+
+KVASIR = shared_data() / "kvasir-seg"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run of 14 real pairs in shards of 4 (so shard boundaries fall inside the workers' slices)."""
+    root = tmp_path_factory.mktemp("run")
+    ids = write_gated_run(str(root), kvasir_pairs(KVASIR, "train", 14), "loader", size=32)
+    return str(root), ids
+
+
+def test_kvasir_folder_with_split_file_and_thresholded_jpeg_masks():
+    refs = resolve(f"{KVASIR}:test")
+    assert len(refs) == 100 and refs[0].sample_id == (KVASIR / "splits" / "test.txt").read_text().split()[0]
+    assert len(folder_refs(DataSpec(str(KVASIR)))) == 1000
+    _, image, mask = next(read_pairs(refs[:1]))
+    assert image.ndim == 3 and image.shape[:2] == mask.shape
+    assert set(np.unique(mask)) == {0, 255}  # JPEG noise thresholded at 127
+    with pytest.raises(DataError, match="no split file"):
+        resolve(f"{KVASIR}:validation")
+    assert DataSpec.parse("s3://bucket/export") == DataSpec("s3://bucket/export")
+    assert DataSpec.parse("s3://bucket/kvasir:train") == DataSpec("s3://bucket/kvasir", "train")
+
+
+def test_partition_covers_exactly():
+    for total in (0, 1, 7, 14, 100):
+        for parts in (1, 3, 4):
+            covered = [i for p in range(parts) for i in range(total)[partition(total, parts, p)]]
+            assert covered == list(range(total))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_two_ranks_times_two_workers_yield_every_sample_exactly_once(run, shuffle):
+    root, ids = run
+    refs = resolve(root)
+    seen: Counter = Counter()
+    for rank in range(2):
+        data = PairStream(refs, eval_transform(32), seed=3, shuffle=shuffle, rank=rank, world_size=2)
+        data.set_epoch(1)
+        for batch in DataLoader(data, batch_size=3, num_workers=2, collate_fn=collate):
+            assert batch.images.shape[1:] == (3, 32, 32) and batch.masks.shape[1:] == (1, 32, 32)
+            assert batch.images.min() >= -1 and batch.images.max() <= 1 and set(batch.masks.unique().tolist()) <= {0, 1}
+            seen.update(batch.sample_ids)
+    assert sorted(seen) == sorted(ids) and set(seen.values()) == {1}
+
+
+def test_epochs_reorder_and_a_seed_repeats(run):
+    root, _ = run
+    refs = resolve(root)
+    data = PairStream(refs, None, seed=1)
+    first = [r.sample_id for r in data.epoch_refs()]
+    data.set_epoch(1)
+    assert sorted(first) == sorted(r.sample_id for r in data.epoch_refs()) and first != [
+        r.sample_id for r in data.epoch_refs()]
+    assert first == [r.sample_id for r in PairStream(refs, None, seed=1).epoch_refs()]
+
+
+def test_real_and_synthetic_mix_at_a_ratio(run, tmp_path):
+    root, synthetic_ids = run
+    export_runs([root], ExportOptions(out=str(tmp_path / "ex"), shard_size=5))
+    real = resolve(f"{KVASIR}:test")[:4]
+    synthetic = resolve(str(tmp_path / "ex"))
+    for ratio, expected in ((0.5, 2), (2.0, 8), (5.0, 20)):  # 20 > 14: cycled
+        data = PairStream(real, train_transform(32), synthetic=synthetic, ratio=ratio, seed=0, cache_size=32)
+        data.set_epoch(2)
+        batches = list(DataLoader(data, batch_size=4, collate_fn=collate))
+        got = Counter(i for b in batches for i in b.sample_ids)
+        assert sum(got[r.sample_id] for r in real) == 4 and all(got[r.sample_id] == 1 for r in real)
+        assert sum(got[i] for i in synthetic_ids) == expected == data.synthetic_per_epoch
+        assert len(data) == 4 + expected
+    with pytest.raises(ValueError, match="needs synthetic"):
+        PairStream(real, None, ratio=1.0)
+
+
+def test_shards_stream_from_object_storage(run, s3_server):
+    import s3fs
+
+    root, ids = run
+    s3fs.S3FileSystem(anon=False).mkdir("loaders")
+    export_runs([root], ExportOptions(out="s3://loaders/ex", shard_size=6))
+    data = PairStream(resolve("s3://loaders/ex"), eval_transform(32), shuffle=False)
+    assert [s.sample_id for s in data] == ids
