@@ -82,6 +82,10 @@ class EngineConfig(_Section):
         None, gt=0, multiple_of=8,
         description="working resolution for windows no larger than this (e.g. 768); None: always `resolution`",
     )
+    overlap_cpu: bool = Field(
+        False, description="prepare the next batch and composite the last one on a thread while the model runs "
+        "(same pixels; pays on a GPU, where the model call leaves the CPU idle)"
+    )
 
 
 class DonorSourceConfig(_Section):

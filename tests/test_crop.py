@@ -178,6 +178,9 @@ def test_batches_mixing_window_sizes_match_one_at_a_time(tiny_model_dir):
     sides = [batched.working_side(batched.window(m)) for m in masks]
     assert sides == [64, 128, 64, 128, 64]
     mixed = run(batched, frames, masks, [20, 21, 22, 23, 24])
+    overlapped = run(make_engine(tiny_model_dir, batch_size=4, overlap_cpu=True, **settings), frames, masks,
+                     [20, 21, 22, 23, 24])  # CPU stages on a helper thread: the very same pixels
+    assert all(np.array_equal(a, b) for a, b in zip(mixed, overlapped))
     one_by_one = make_engine(tiny_model_dir, batch_size=1, **settings)
     for mask, seed, out in zip(masks, [20, 21, 22, 23, 24], mixed):
         alone = run(one_by_one, [frame], [mask], [seed])[0]

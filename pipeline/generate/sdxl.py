@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,6 +242,16 @@ def load_pipeline(
 # ---------------------------------------------------------------------------------------------- engine
 
 
+def _run_now(fn: Callable, *args) -> Future:
+    """`fn(*args)` on this thread, as a finished Future (the engine's loop without a helper thread)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:  # re-raised by .result(), like a pool's future
+        future.set_exception(exc)
+    return future
+
+
 @dataclass
 class PreparedSample:
     """One sample ready for the model, and what compositing needs afterwards."""
@@ -348,12 +359,32 @@ class InpaintEngine:
                           for start in range(0, len(group), self.config.batch_size))
         ]
         results: dict[int, np.ndarray] = {}
-        for chunk in batches:
-            batch = timer.time("prepare", lambda: self.prepare_batch(
-                [frames[i] for i in chunk], [masks[i] for i in chunk], [prompts[i] for i in chunk],
-                [negatives[i] for i in chunk], [seeds[i] for i in chunk]))
-            generated = timer.time("model", lambda: self._run_with_oom_split(batch, self.generate_batch))
+
+        def prepare(chunk: list[int]) -> list[PreparedSample]:
+            inputs = ([values[i] for i in chunk] for values in (frames, masks, prompts, negatives, seeds))
+            return timer.time("prepare", lambda: self.prepare_batch(*inputs))
+
+        def paste(chunk: list[int], batch: list[PreparedSample], generated: list[np.ndarray]) -> None:
             results.update(zip(chunk, timer.time("composite", lambda: self.composite_batch(batch, generated))))
+
+        # With overlap_cpu, one helper thread prepares batch k+1 and composites batch k-1 while the model
+        # runs batch k on this thread (stage seconds then overlap the model's).
+        pool = ThreadPoolExecutor(1, thread_name_prefix="inpaint-cpu") if self.config.overlap_cpu else None
+        submit = pool.submit if pool else _run_now
+        try:
+            upcoming = submit(prepare, batches[0]) if batches else None
+            pasting = []
+            for k, chunk in enumerate(batches):
+                batch = upcoming.result()
+                if k + 1 < len(batches):
+                    upcoming = submit(prepare, batches[k + 1])
+                generated = timer.time("model", lambda: self._run_with_oom_split(batch, self.generate_batch))
+                pasting.append(submit(paste, chunk, batch, generated))
+            for done in pasting:
+                done.result()
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
         return [results[i] for i in range(len(frames))]
 
     def prepare_batch(self, frames, masks, prompts, negatives, seeds) -> list[PreparedSample]:
