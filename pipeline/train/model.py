@@ -16,7 +16,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.backbones import LITE_NAMES, lite_state_dict, timm_architecture
@@ -57,7 +57,8 @@ def build_unet(encoder: str = DEFAULT_ENCODER, weights: str | None = "imagenet")
     else:
         state = _encoder_state(Path(weights))
     target = model.encoder.model if hasattr(model.encoder, "model") else model.encoder
-    missing, _ = target.load_state_dict(state, strict=False)  # the classifier head has no place here
+    # torch's own method: some smp encoders override it and return nothing; the classifier head has no place here
+    missing, _ = torch.nn.Module.load_state_dict(target, state, strict=False)
     if missing:
         raise TrainError(f"{weights}: does not fit encoder {encoder} (missing {', '.join(missing[:3])})")
     return model
@@ -103,9 +104,9 @@ def read_record(path: str | Path) -> TrainRecord:
         return TrainRecord.model_validate(json.loads(metadata[_METADATA_KEY]))
     except FileNotFoundError:
         raise TrainError(f"{path}: no such checkpoint") from None
-    except (KeyError, ValueError, OSError, ValidationError) as exc:
-        if isinstance(exc, ValidationError):
-            exc = validation_summary(exc)
+    except ValidationError as exc:
+        raise TrainError(f"{path}: not a polyp-synth segmentation checkpoint ({validation_summary(exc)})") from None
+    except (KeyError, ValueError, OSError, SafetensorError) as exc:
         raise TrainError(f"{path}: not a polyp-synth segmentation checkpoint ({exc})") from None
 
 

@@ -1,0 +1,110 @@
+"""Reference trainer: pretrained encoder weights really loaded, a short run lowers the loss, a seed
+repeats itself, checkpoints round-trip, and the metrics' conventions (perfect, empty, shifted)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from pipeline.cli import main
+from pipeline.core.backbones import lite_state_dict
+from pipeline.data.dataset import PairStream, collate, eval_transform
+from pipeline.data.sources import resolve
+from pipeline.errors import TrainError
+from pipeline.testing.data import shared_data
+from pipeline.testing.runs import kvasir_pairs, write_gated_run
+from pipeline.train.metrics import segment_metrics
+from pipeline.train.model import build_unet, load_checkpoint, read_record
+from pipeline.train.segment import TrainSettings, train
+
+KVASIR = shared_data() / "kvasir-seg"
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_encoder_weights_are_the_pretrained_ones(encoder):
+    expected = lite_state_dict(encoder)
+    encoder_state = build_unet(encoder).encoder.model.state_dict()
+    assert len(encoder_state) > 250
+    for key, value in encoder_state.items():
+        assert torch.equal(value, expected[key]), key
+    random = build_unet(encoder, weights=None).encoder.model.state_dict()
+    assert not torch.equal(random["conv_stem.weight"], expected["conv_stem.weight"])
+
+
+def test_bad_encoders_and_checkpoints_are_one_line_errors(tmp_path):
+    with pytest.raises(TrainError, match="not an smp encoder"):
+        build_unet("no-such-encoder")
+    with pytest.raises(TrainError, match="does not fit encoder"):
+        torch.save({"x": torch.zeros(1)}, tmp_path / "enc.pt")
+        build_unet("resnet18", str(tmp_path / "enc.pt"))
+    with pytest.raises(TrainError, match="no such checkpoint"):
+        read_record(tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="not a polyp-synth segmentation checkpoint"):
+        read_record(tmp_path / "bad.safetensors")
+
+
+def _loss(model, refs):
+    model.eval()
+    dice, bce = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True), torch.nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        batch = collate(list(PairStream(refs, eval_transform(64), shuffle=False)))
+        logits = model(batch.images)
+        return (dice(logits, batch.masks) + bce(logits, batch.masks)).item()
+
+
+def test_short_training_lowers_the_loss_and_a_seed_repeats(tmp_path):
+    refs = resolve(f"{KVASIR}:train")[:4]
+    settings = TrainSettings(size=64, epochs=5, batch_size=4, lr=3e-3, seed=5)
+    torch.manual_seed(settings.seed)
+    before = _loss(build_unet(), refs)  # the trainer's own starting point: same seed, same init
+    result = train(refs, settings, tmp_path / "a.safetensors", real_specs=[f"{KVASIR}:train"])
+    model, record = load_checkpoint(result.checkpoint)
+    assert record == result.record and record.steps == 5 and record.real_ids == sorted(r.sample_id for r in refs)
+    after = _loss(model, refs)
+    assert after < 0.85 * before, (before, after)
+
+    short = settings.model_copy(update={"steps": 1})
+    one = train(refs, short, tmp_path / "b.safetensors").checkpoint
+    two = train(refs, short, tmp_path / "c.safetensors").checkpoint
+    a, b = load_checkpoint(one)[0].state_dict(), load_checkpoint(two)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_metrics_conventions():
+    label = np.zeros((40, 50), bool)
+    label[10:20, 10:30] = True
+    perfect = segment_metrics(label, label)
+    assert perfect.dice == perfect.iou == perfect.precision == perfect.recall == 1 and perfect.hd95 == 0
+    empty = segment_metrics(np.zeros_like(label), label)
+    assert empty.dice == empty.iou == empty.recall == 0 and empty.hd95 == pytest.approx(math.hypot(40, 50))
+    assert segment_metrics(np.zeros_like(label), np.zeros_like(label)).dice == 1
+    shifted = segment_metrics(np.roll(label, 3, axis=1), label)  # 3 px right: overlap 17 of 20 columns
+    assert shifted.dice == pytest.approx(17 / 20) and shifted.iou == pytest.approx(17 / 23)
+    assert shifted.hd95 == pytest.approx(3, abs=0.01)
+
+
+def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    write_gated_run(run, kvasir_pairs(KVASIR, "test", 4), "eval", size=64)
+    with pytest.raises(SystemExit) as done:
+        main(["export", run, "--out", str(tmp_path / "ex"), "--format", "folders"])
+    assert done.value.code == 0
+    ckpt = str(tmp_path / "m.safetensors")
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--real", str(tmp_path / "ex"), "--size", "64", "--steps", "1", "--batch-size", "2",
+              "--out", ckpt])
+    assert done.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", ckpt, "--data", str(tmp_path / "ex"), "--data", f"{tmp_path / 'ex'}"])
+    assert done.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["n"] for s in report["sets"]] == [4, 4]
+    assert set(report["sets"][0]["mean"]) == {"dice", "iou", "precision", "recall", "hd95"}
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--real", str(tmp_path / "ex"), "--size", "65", "--out", ckpt])
+    assert done.value.code == 2 and "size" in capsys.readouterr().err
