@@ -67,6 +67,13 @@ def cmd_masks_check(args: argparse.Namespace) -> int:
     return 0 if report["pass"] else 1
 
 
+def cmd_donors_build(args: argparse.Namespace) -> int:
+    from pipeline.generate.transplant.donors import build_donors
+
+    print(build_donors(args.images, args.masks, args.out, args.split).line())
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.plan.plan import build_plan
 
@@ -275,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", default="masks/default.yaml")
         p.add_argument("--bank", default="prompts/clinical.yaml", help="prompt bank the attributes come from")
         p.add_argument("--seed", type=int, default=0)
+
+    donors = command("donors", lambda a: 0, "donor libraries of real lesions for the transplant engine")
+    donors_sub = donors.add_subparsers(dest="donors_command", required=True, metavar="ACTION")
+    p = donors_sub.add_parser("build", help="cut every lesion of a labelled set (its training split) into a library")
+    p.set_defaults(fn=cmd_donors_build)
+    p.add_argument("--images", required=True, help="folder of images (<id>.jpg/.png)")
+    p.add_argument("--masks", required=True, help="folder of binary masks with the same ids")
+    p.add_argument("--split", help="file of the ids to use, one per line: the TRAINING split (never a test split)")
+    p.add_argument("--out", required=True, help="donor library to write (Parquet; local path or fsspec URL)")
 
     _job_arguments(command("plan", cmd_plan, "write the run's plan (Parquet), one row per sample"))
 

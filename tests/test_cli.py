@@ -35,7 +35,7 @@ def test_prompts_prints_json_lines():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["plan", "--config", "jobs/demo.yaml", "--set", "engine.steps=zero"], "engine.steps"),
+        (["plan", "--config", "jobs/demo-sdxl.yaml", "--set", "engine.steps=zero"], "engine.steps"),
         (["plan", "--config", "jobs/missing.yaml"], "jobs/missing.yaml: no such config file"),
         (["plan", "--config", "jobs/demo.yaml", "--set", "frames.source=/no/such/frames"], "/no/such/frames"),
         (["prompts", "--bank", "jobs/demo.yaml"], "jobs/demo.yaml"),
@@ -43,9 +43,9 @@ def test_prompts_prints_json_lines():
         (["inspect", "/no/such/run"], "not a run directory"),
         (["plan", "jobs/demo.yaml", "--config", "jobs/smoke.yaml"], "two job configs given"),
         (["masks", "sample", "--out", "README.md", "--n", "1"], "--out README.md: cannot create this folder"),
-        (["generate", "jobs/demo.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
+        (["generate", "jobs/demo-sdxl.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
          "/no/such/model: no such file or folder"),
-        (["generate", "jobs/demo.yaml", "--set", "engine.model=org/not-a-model", "--out", "{tmp}", "--n", "2"],
+        (["generate", "jobs/demo-sdxl.yaml", "--set", "engine.model=org/not-a-model", "--out", "{tmp}", "--n", "2"],
          "engine.model: cannot load org/not-a-model"),
         (["generate", "jobs/smoke.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
          "/no/such/model: no such file or folder"),

@@ -17,9 +17,9 @@ def test_every_shipped_job_validates(job):
 
 
 def test_overrides_are_parsed_as_yaml_and_nested():
-    config = load_config(JOBS / "demo.yaml", ["engine.steps=9", "engine.vae=null", "seed=7", "output=s3://b/x"])
+    config = load_config(JOBS / "demo-sdxl.yaml", ["engine.steps=9", "engine.vae=null", "seed=7", "output=s3://b/x"])
     assert config.engine.steps == 9 and config.engine.vae is None and config.seed == 7
-    assert config.run_dir() == "s3://b/x/demo"
+    assert config.run_dir() == "s3://b/x/demo-sdxl"
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,10 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
     run_dir = config.run_dir()
     layout = RunLayout(run_dir)
     plan = load_or_build_plan(config, run_dir, n)
+    if config.engine.kind == "transplant":  # built here, once, not by every worker
+        from pipeline.generate.transplant.donors import ensure_donors
+
+        ensure_donors(config.engine)
     swept = storage.remove_stale_temps(layout.shard_dir)
     if swept:
         log.info("removed %d temp files left by interrupted writers", swept)

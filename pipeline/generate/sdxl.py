@@ -294,6 +294,7 @@ class InpaintEngine:
         """Provenance for each shard's `engine` column: everything that decides the pixels."""
         c = self.config
         return {
+            "kind": "sdxl",
             "model": c.model,
             "revision": c.revision,
             "variant": c.variant,

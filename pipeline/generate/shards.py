@@ -46,6 +46,7 @@ def shard_table(rows: list[dict[str, Any]], attributes_type: pa.DataType) -> pa.
             "mask": {"bytes": encode_png(row["mask"]), "path": f"{row['sample_id']}_mask.png"},
             "width": width, "height": height, "mask_area": area, "bbox": bbox,
             "window": row.get("window"),  # the part of the frame the model painted; null when none
+            "donor_id": row.get("donor_id"),  # the real lesion a transplant sample is made from; null for SDXL
             "engine": row["engine"],
             "run_id": row["run_id"], "pipeline_version": row["pipeline_version"],
         }
@@ -64,6 +65,8 @@ ENGINE_TYPE = pa.struct([
     ("dtype", pa.string()), ("device", pa.string()), ("mask_dilation", pa.int32()), ("mask_feather", pa.int32()),
     ("region", pa.string()), ("crop_context", pa.float64()), ("crop_min", pa.int32()), ("crop_resolution", pa.int32()),
     ("random_weights", pa.bool_()), ("diffusers_version", pa.string()), ("torch_version", pa.string()),
+    ("kind", pa.string()), ("donors", pa.string()), ("donors_sha256", pa.string()), ("blend", pa.string()),
+    ("colour_transfer", pa.bool_()), ("candidates", pa.int32()),
 ])
 _FROM_PLAN = (
     "sample_id", "plan_index", "shard_index", "seed", "source_frame", "source_sha256",
@@ -75,7 +78,7 @@ _SHARD_TYPES: dict[str, pa.DataType | None] = {
     "source_frame": pa.string(), "source_sha256": pa.string(),
     "prompt": pa.string(), "negative_prompt": pa.string(), "attributes": None,
     "mask_params": pa.string(), "mask_area": pa.float32(), "bbox": pa.list_(pa.int32(), 4),
-    "window": pa.list_(pa.int32(), 4),
+    "window": pa.list_(pa.int32(), 4), "donor_id": pa.string(),
     "seed": pa.int64(), "engine": None,
     "run_id": pa.string(), "shard_index": pa.int32(), "plan_index": pa.int64(), "pipeline_version": pa.string(),
 }

@@ -37,6 +37,8 @@ class Engine(Protocol):
 
     # Optional: `window(mask) -> pipeline.generate.window.Window`, the part of the frame the engine
     # paints for that label; recorded in the shard's `window` column (null for engines without one).
+    # Optional: `donor_id(frame, mask, seed) -> str`, the real lesion a sample is made from; recorded
+    # in the shard's `donor_id` column (null for engines without one).
 
 
 def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int, int]:
@@ -92,8 +94,11 @@ class ShardWorker:
         provenance = {"engine": self.engine.identity, "run_id": self.context.run_id,
                       "pipeline_version": self.context.pipeline_version}
         window = getattr(self.engine, "window", None)  # engines that paint a part of the frame say which
-        for (row, _, mask), image in zip(ready, images):
+        donor = getattr(self.engine, "donor_id", None)  # engines that transplant real lesions say which
+        for (row, frame, mask), image in zip(ready, images):
             extra = {"window": window(mask).as_list()} if window else {}
+            if donor:
+                extra["donor_id"] = donor(frame, mask, row["seed"])
             done.append({**row, "image": image, "mask": mask, **provenance, **extra})
 
         table = timer.time("png_encode", lambda: shards.shard_table(done, self.context.attributes_type))
@@ -103,7 +108,11 @@ class ShardWorker:
 
 
 def make_worker(context: RunContext) -> ShardWorker:
-    """Load the configured engine once for this process."""
+    """Load the configured engine (`engine.kind`) once for this process."""
+    if context.config.engine.kind == "transplant":
+        from pipeline.generate.transplant.engine import TransplantEngine
+
+        return ShardWorker(TransplantEngine(context.config.engine), context)
     from pipeline.generate.sdxl import InpaintEngine
 
     return ShardWorker(InpaintEngine(context.config.engine), context)
