@@ -187,6 +187,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipeline.train.experiment import ExperimentSpec, run_experiment, summarise, summary_markdown
+    from pipeline.train.segment import TrainSettings
+
+    synthetic = {}
+    for text in args.synthetic:
+        name, sep, source = text.partition("=")
+        synthetic[name if sep else f"synthetic{len(synthetic) + 1}"] = source if sep else text
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")]
+    except ValueError:
+        raise ConfigError(f"--ratios {args.ratios!r}: expected numbers separated by commas, e.g. 0,0.5,1,2") from None
+    settings = _settings(TrainSettings, args, ("encoder", "size", "epochs", "batch_size", "lr", "workers", "device"))
+    results = run_experiment(ExperimentSpec(real=args.real, synthetic=synthetic, evals=args.eval, ratios=ratios,
+                                            seeds=args.seeds, real_n=args.real_n, settings=settings, out=args.out))
+    print(summary_markdown(summarise(results)))
+    return 0
+
+
 def _settings(model, args: argparse.Namespace, names: tuple[str, ...]):
     """A settings model from the given CLI arguments; a bad value is one ConfigError line."""
     from pydantic import ValidationError
@@ -343,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, metavar="DIR[:SPLIT]", help="repeatable")
     p.add_argument("--json", help="write the JSON report here instead of stdout")
     p.add_argument("--device", default="auto")
+
+    p = command("experiment", cmd_experiment, "does the synthetic data help? real only vs real + synthetic, "
+                "several ratios and seeds, at equal epochs and equal steps")
+    p.add_argument("--real", required=True, metavar="DIR[:SPLIT]")
+    p.add_argument("--synthetic", action="append", required=True, metavar="[NAME=]EXPORT",
+                   help="synthetic set (export, run or shards), optionally named; repeatable (e.g. gated=…, ungated=…)")
+    p.add_argument("--ratios", default="0,0.5,1,2")
+    p.add_argument("--seeds", type=_count, default=3)
+    p.add_argument("--eval", action="append", required=True, metavar="DIR[:SPLIT]", help="held-out real set; repeatable")
+    p.add_argument("--real-n", type=_count, help="train on only the first N real ids (the low-data regime)")
+    p.add_argument("--out", required=True, help="experiment folder: trials.jsonl, summary.json, table.md, plot.png")
+    for flag, kind in (("--encoder", str), ("--size", int), ("--epochs", int), ("--batch-size", int), ("--lr", float),
+                       ("--workers", int), ("--device", str)):
+        p.add_argument(flag, type=kind, help="as for train")
 
     p = command("finetune", cmd_finetune, "train a LoRA of the inpainting model on real labelled polyps")
     _job_arguments(p, out_help="folder of the fine-tuning run (LoRA, card, checkpoints, sheets)", with_n=False)

@@ -1,0 +1,234 @@
+"""The experiment that says whether a synthetic set helps: real only against real + synthetic at each
+ratio, several seeds, evaluated on held-out real sets; mean ± std per arm, a table and a plot.
+
+Two budgets, because "more data" also means "more steps": at equal *epochs* each arm sees its real
+pairs the same number of times (so larger ratios train longer); at equal *steps* every arm gets the
+real-only arm's optimizer steps (so synthetic pairs replace real repetitions). A gain that only shows
+at equal epochs is compute, not data.
+
+Fair by construction: with `--real-n N` every trial trains on the first N ids of the real split, and a
+synthetic set whose shards name their donors (`donor_id` = `<source id>/<k>`, transplant engine) is
+refused unless every donor comes from those N images — otherwise the gain would measure extra real
+data. Build its donors with `--split` = those N ids (`head -n N splits/train.txt`). Every trial records
+the real ids it saw. Trials already in `trials.jsonl` are skipped: a killed experiment resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.core import storage
+from pipeline.data.sources import DataSpec, PairRef, resolve
+from pipeline.errors import TrainError
+from pipeline.train.evaluate import evaluate
+from pipeline.train.metrics import METRICS
+from pipeline.train.segment import TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+Budget = Literal["epochs", "steps"]
+
+
+class Trial(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    synthetic: str | None  # name of the synthetic set; None: real only
+    ratio: float
+    seed: int
+    budget: Budget
+    steps: int | None = None  # for budget "steps"
+
+    @property
+    def key(self) -> str:
+        return f"{self.synthetic or 'real'}-r{self.ratio:g}-s{self.seed}-{self.budget}"
+
+
+class TrialResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trial: Trial
+    real_ids: list[str]
+    synthetic_per_epoch: int
+    steps: int
+    epochs: int
+    seconds: float
+    metrics: dict[str, dict[str, float]]  # eval set → metric → mean over its images
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    real: str
+    synthetic: dict[str, str]  # name → export, run or shards
+    evals: list[str]
+    ratios: list[float]
+    seeds: int
+    real_n: int | None
+    settings: TrainSettings
+    out: str
+
+
+def donor_sources(files: Iterable[str]) -> set[str] | None:
+    """Source image ids of the donors a synthetic set was made from; None when it names none."""
+    sources: set[str] = set()
+    named = False
+    for url in files:
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            if "donor_id" not in parquet.schema_arrow.names:
+                continue
+            named = True
+            ids = parquet.read(columns=["donor_id"]).column("donor_id").to_pylist()
+        sources.update(i.split("/", 1)[0] for i in ids if i)
+    return sources if named else None
+
+
+def check_fair(name: str, source: str, real_ids: set[str]) -> None:
+    donors = donor_sources(sorted({ref.source for ref in resolve(source) if ref.mask is None}))
+    if donors is None:
+        log.warning("synthetic set %s names no donors: fairness against --real-n cannot be checked", name)
+        return
+    outside = sorted(donors - real_ids)
+    if outside:
+        raise TrainError(f"synthetic set {name} ({source}): {len(outside)} donor images are not among the trial's "
+                         f"real images (e.g. {outside[0]}); build its donors from the same --real-n subset")
+
+
+def trials(spec: ExperimentSpec, steps_of_real: int) -> list[Trial]:
+    out = []
+    for seed in range(spec.seeds):
+        out.append(Trial(synthetic=None, ratio=0.0, seed=seed, budget="epochs"))
+        for name in spec.synthetic:
+            for ratio in spec.ratios:
+                if ratio == 0:
+                    continue
+                out.append(Trial(synthetic=name, ratio=ratio, seed=seed, budget="epochs"))
+                out.append(Trial(synthetic=name, ratio=ratio, seed=seed, budget="steps", steps=steps_of_real))
+    return out
+
+
+def _done(path: Path) -> dict[str, TrialResult]:
+    if not path.exists():
+        return {}
+    results = [TrialResult.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r.trial.key: r for r in results}
+
+
+def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    real = resolve(DataSpec.parse(spec.real))
+    if spec.real_n is not None:
+        if spec.real_n > len(real):
+            raise TrainError(f"--real-n {spec.real_n}: {spec.real} has only {len(real)} images")
+        real = real[: spec.real_n]
+        for name, source in spec.synthetic.items():
+            check_fair(name, source, {ref.sample_id for ref in real})
+    synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
+    steps_of_real = spec.settings.epochs * math.ceil(len(real) / spec.settings.batch_size)
+    record = out / "trials.jsonl"
+    done = _done(record)
+    results = []
+    todo = trials(spec, steps_of_real)
+    for index, trial in enumerate(todo):
+        if trial.key in done:
+            results.append(done[trial.key])
+            continue
+        log.info("trial %d/%d: %s", index + 1, len(todo), trial.key)
+        settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": trial.ratio, "steps": trial.steps})
+        checkpoint = out / "checkpoints" / f"{trial.key}.safetensors"
+        trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
+                        [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
+        reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
+        result = TrialResult(
+            trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
+            steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
+            metrics={r.data: r.mean for r in reports},
+        )
+        with record.open("a") as handle:
+            handle.write(result.model_dump_json() + "\n")
+        results.append(result)
+    summary = summarise(results)
+    storage.write_bytes_atomic(str(out / "summary.json"), json.dumps(summary, indent=2).encode())
+    storage.write_bytes_atomic(str(out / "table.md"), summary_markdown(summary).encode())
+    plot(summary, out / "plot.png")
+    return results
+
+
+def summarise(results: list[TrialResult]) -> list[dict]:
+    """One row per arm (synthetic set, ratio, budget): mean and std over seeds of each eval metric.
+    The real-only arm serves both budgets."""
+    arms: dict[tuple[str, float, str], list[TrialResult]] = {}
+    for result in results:
+        t = result.trial
+        budgets = ("epochs", "steps") if t.synthetic is None else (t.budget,)
+        for budget in budgets:
+            arms.setdefault((t.synthetic or "real only", t.ratio, budget), []).append(result)
+    rows = []
+    for (name, ratio, budget), members in sorted(arms.items(), key=lambda kv: (kv[0][2], kv[0][0] != "real only",
+                                                                                kv[0][0], kv[0][1])):
+        sets = members[0].metrics.keys()
+        figures = {data: {metric: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+                          for metric in METRICS
+                          for values in [[m.metrics[data][metric] for m in members]]}
+                   for data in sets}
+        rows.append({"synthetic": name, "ratio": ratio, "budget": budget, "seeds": len(members),
+                     "steps": int(np.mean([m.steps for m in members])), "metrics": figures})
+    return rows
+
+
+def summary_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    sets = list(rows[0]["metrics"])
+    head = "| budget | synthetic | ratio | seeds | steps | " + " | ".join(
+        f"{d} {m}" for d in sets for m in ("dice", "iou", "hd95")) + " |"
+    lines = [head, "|" + " --- |" * (5 + 3 * len(sets))]
+    for row in rows:
+        cells = [f"{row['metrics'][d][m]['mean']:.3f} ± {row['metrics'][d][m]['std']:.3f}" if m != "hd95" else
+                 f"{row['metrics'][d][m]['mean']:.1f} ± {row['metrics'][d][m]['std']:.1f}"
+                 for d in sets for m in ("dice", "iou", "hd95")]
+        lines.append(f"| {row['budget']} | {row['synthetic']} | {row['ratio']:g} | {row['seeds']} | {row['steps']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Dice against ratio, one line per (synthetic set, budget), error bars = std over seeds; one panel
+    per evaluation set. The real-only arm is the ratio-0 point of every line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    sets = list(rows[0]["metrics"])
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
+    for ax, data in zip(axes[0], sets):
+        for budget in ("epochs", "steps"):
+            base = [r for r in rows if r["budget"] == budget and r["synthetic"] == "real only"]
+            for name in sorted({r["synthetic"] for r in rows} - {"real only"}):
+                line = sorted(base + [r for r in rows if r["budget"] == budget and r["synthetic"] == name],
+                              key=lambda r: r["ratio"])
+                ax.errorbar([r["ratio"] for r in line], [r["metrics"][data]["dice"]["mean"] for r in line],
+                            yerr=[r["metrics"][data]["dice"]["std"] for r in line], marker="o", capsize=3,
+                            linestyle="-" if budget == "epochs" else "--", label=f"{name}, equal {budget}")
+        ax.set_xlabel("synthetic : real ratio")
+        ax.set_ylabel("Dice (mean ± std over seeds)")
+        ax.set_title(data, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
