@@ -108,3 +108,20 @@ def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["train", "--real", str(tmp_path / "ex"), "--size", "65", "--out", ckpt])
     assert done.value.code == 2 and "size" in capsys.readouterr().err
+
+
+def test_label_iou_scorer_scores_agreement_with_the_label(tmp_path):
+    from pipeline.data.sources import read_pairs
+    from pipeline.train.evaluate import predict
+    from pipeline.train.label_check import LabelIoUScorer
+
+    refs = resolve(f"{KVASIR}:train")[:2]
+    checkpoint = train(refs, TrainSettings(size=64, steps=1, batch_size=2), tmp_path / "s.safetensors").checkpoint
+    scorer = LabelIoUScorer(str(checkpoint), device="cpu")
+    _, image, mask = next(read_pairs(refs[:1]))
+    prediction = predict(scorer.model, image, 64, torch.device("cpu"))
+    assert scorer.score(image, mask) == segment_metrics(prediction, mask > 0).iou
+    as_label = np.where(prediction, 255, 0).astype(np.uint8)
+    assert scorer.score(image, as_label) == 1.0  # the label is where the segmenter sees the polyp
+    if prediction.any() and not prediction.all():
+        assert scorer.score(image, 255 - as_label) == 0.0  # the label is everywhere else

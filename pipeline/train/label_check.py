@@ -1,0 +1,32 @@
+"""The gate's label check: does a segmenter trained on real polyps find the polyp where the label says?
+
+PolypInpainter keeps a synthetic polyp only when a segmenter's prediction on it aligns with the
+intended mask (IoU ≥ 0.8); FreeMask found unfiltered synthetic masks-to-images no better than real
+only. The score is IoU(prediction, label) per sample; the gate's `label_mismatch` reason fails it
+below `gate.label_iou_min` when `gate.segmenter` names a checkpoint (`polyp-synth train`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.train.evaluate import predict
+from pipeline.train.metrics import segment_metrics
+from pipeline.train.model import load_checkpoint
+from pipeline.train.segment import resolve_device
+
+
+class LabelIoUScorer:
+    """IoU of the segmenter's prediction on a sample's image with its label (the model loads once)."""
+
+    def __init__(self, checkpoint: str, device: str = "auto"):
+        self.model, record = load_checkpoint(checkpoint)
+        self.size = record.size
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+
+    def score(self, image: np.ndarray, mask: np.ndarray) -> float:
+        return segment_metrics(predict(self.model, image, self.size, self.device), mask > 0).iou
+
+    def __call__(self, sample) -> float:  # a gate `Sample`: image RGB uint8, mask {0, 255}
+        return self.score(sample.image, sample.mask)
