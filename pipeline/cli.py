@@ -118,8 +118,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """generate → gate → export; gate and export join as those stages land."""
-    return cmd_generate(args)
+    """generate → gate; the gate runs only on a complete run, and its verdict is the exit code."""
+    from pipeline.gate.run import run_gate
+    from pipeline.generate.runner import run_generate
+
+    config = _job(args)
+    summary = run_generate(config, _executor(config), args.n)
+    print(summary.line())
+    if not summary.ok:
+        return 1
+    outcome = run_gate(config.run_dir(), config, _executor(config, "gating"))
+    print(outcome.line())
+    return 0 if outcome.passed else 1
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Exit 0 when the run passes its run-level bounds, 1 when it fails them (export then refuses it)."""
+    from pipeline.gate.run import gate_config, run_gate
+
+    config = gate_config(args.run_dir, list(args.set or []))
+    outcome = run_gate(args.run_dir, config, _executor(config, "gating"))
+    print(outcome.line())
+    return 0 if outcome.passed else 1
+
+
+def cmd_reference_build(args: argparse.Namespace) -> int:
+    from pipeline.gate.features import make_extractor
+    from pipeline.gate.reference import build_reference
+
+    extractor = make_extractor(args.extractor, args.inception_path, args.device)
+    reference = build_reference(args.images, extractor, args.masks, args.negatives, args.limit)
+    reference.save(args.out)
+    print(json.dumps(reference.identity.model_dump(mode="json")))
+    return 0
+
+
+def cmd_quality_compare(args: argparse.Namespace) -> int:
+    from pipeline.gate.features import make_extractor
+    from pipeline.gate.reference import Reference, compare, folder_features
+
+    reference = Reference.load(args.reference)
+    extractor = make_extractor(reference.identity.extractor, args.inception_path, args.device)
+    figures = compare(reference, folder_features(args.images, extractor, args.limit))
+    print(json.dumps(figures.model_dump(mode="json")))
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -188,7 +230,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipeline.train.experiment import ExperimentSpec, run_experiment, summarise, summary_markdown
+    from pipeline.train.experiment import (
+        ExperimentSpec,
+        run_experiment,
+        summarise,
+        summary_markdown,
+    )
     from pipeline.train.segment import TrainSettings
 
     synthetic = {}
@@ -218,14 +265,14 @@ def _settings(model, args: argparse.Namespace, names: tuple[str, ...]):
         raise ConfigError(f"--{validation_summary(exc).replace('_', '-')}") from None
 
 
-def _executor(config: JobConfig):
+def _executor(config: JobConfig, description: str = "generating"):
     if config.executor.kind == "ray":
         from pipeline.executors.ray import RayExecutor
 
-        return RayExecutor()
+        return RayExecutor(description)
     from pipeline.executors.local import LocalExecutor
 
-    return LocalExecutor()
+    return LocalExecutor(description)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -332,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", cmd_inspect, "summarise a run: shards, rows, sizes, settings")
     p.add_argument("run_dir")
+
+    p = command("gate", cmd_gate, "judge a generated run: verdicts, metrics and report.html under RUN_DIR/gate/")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. gate.realism_min=0.8")
+
+    reference = command("reference", lambda a: 0, "reference sets of real polyp images for the gate")
+    reference_sub = reference.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
+    build = reference_sub.add_parser("build", help="features (and lesion crops, and a lesion probe) of real images")
+    build.set_defaults(fn=cmd_reference_build)
+    build.add_argument("--images", required=True, help="folder of real polyp images")
+    build.add_argument("--masks", help="their masks (same file stems): lesion crops")
+    build.add_argument("--negatives", help="polyp-free frames: fit the lesion probe (needs --masks)")
+    build.add_argument("--out", required=True, help="reference folder to write")
+    build.add_argument("--extractor", choices=("efficientnet-lite0", "efficientnet-lite2", "inception"),
+                       default="efficientnet-lite0")
+    build.add_argument("--limit", type=_count, help="use the first N images (sorted by name)")
+
+    quality = command("quality", lambda a: 0, "set-level figures of any image folder")
+    quality_sub = quality.add_subparsers(dest="quality_command", required=True, metavar="ACTION")
+    compare = quality_sub.add_parser("compare", help="FID, KID, precision/recall, density/coverage vs a reference, as JSON")
+    compare.set_defaults(fn=cmd_quality_compare)
+    compare.add_argument("--images", required=True, help="folder of images")
+    compare.add_argument("--reference", required=True, help="reference folder (`polyp-synth reference build`)")
+    compare.add_argument("--limit", type=_count, help="use the first N images (sorted by name)")
+    for p in (build, compare):
+        p.add_argument("--inception-path", help="folder or file of clean-fid's inception-2015-12-05.pt")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
 
     p = command("export", cmd_export, "write the gate's accepted samples of runs as Parquet or image folders")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="gated runs to merge (local or fsspec URL)")

@@ -5,8 +5,6 @@ Features are rows (n, d). Real = the reference, fake = the samples judged.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,22 +39,22 @@ def kid(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100, max_subset_s
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float | None:
-    """Fréchet distance ‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^½) by clean-fid's `frechet_distance`.
+    """Fréchet distance ‖μ_r − μ_f‖² + Tr Σ_r + Tr Σ_f − 2 Tr (Σ_r Σ_f)^½ (Heusel et al. 2017).
 
-    None instead of a crash where it is undefined: fewer than 2 rows in a set, or a covariance
-    product so singular (n well below d) that the square root has a real imaginary part.
+    Tr (Σ_r Σ_f)^½ = Σ √λ_i(A Σ_f A) with A = Σ_r^½ (symmetric): Σ_r Σ_f is similar to A Σ_f A, which
+    is symmetric positive semi-definite, so two symmetric eigendecompositions replace clean-fid's
+    general `sqrtm` (30 s at d = 1280 on two cores, and a crash on singular products: n < d).
+    Equals clean-fid's `frechet_distance` where that one works (tested). None for fewer than 2 rows;
+    below about d rows the covariances are singular and FID is biased upwards: compare KID then.
     """
-    from cleanfid.fid import frechet_distance
-
     if min(len(real), len(fake)) < 2:
         return None
-    mu_r, mu_f = real.mean(0), fake.mean(0)
+    mu_r, mu_f = real.mean(0, dtype=np.float64), fake.mean(0, dtype=np.float64)
     sigma_r, sigma_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # clean-fid prints its singular-product note
-            value = float(frechet_distance(mu_r, sigma_r, mu_f, sigma_f))
-    except (ValueError, np.linalg.LinAlgError):
-        return None
+    values, vectors = np.linalg.eigh(sigma_r)
+    root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma_f @ root), 0, None)).sum()
+    value = float(((mu_r - mu_f) ** 2).sum() + np.trace(sigma_r) + np.trace(sigma_f) - 2 * cross)
     return value if np.isfinite(value) else None
 
 
@@ -131,22 +129,19 @@ def realism(real: Manifold, fake: np.ndarray) -> np.ndarray:
     return (real.radii[keep][None, :] / np.maximum(distances, 1e-12)).max(axis=1)
 
 
-def nearest_other_similarity(features: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the highest cosine similarity u_i·u_j / (‖u_i‖‖u_j‖) to any OTHER row, and
-    that row's index (−1 and NaN for a set of one). Exact, in row blocks: O(n²·d) multiply-adds."""
+def nearest_earlier_similarity(features: np.ndarray, block: int = 2048) -> np.ndarray:
+    """For row i, max_{j<i} u_i·u_j / (‖u_i‖‖u_j‖): its highest cosine similarity to any EARLIER row
+    (NaN for row 0), so of two near-duplicates only the later one scores high. Exact, in row blocks:
+    O(n²·d) multiply-adds (1.3·10¹¹ at 10,000 samples of 1280-d features, seconds on a CPU)."""
     n = len(features)
     best = np.full(n, np.nan, np.float32)
-    index = np.full(n, -1, np.int64)
-    if n < 2:
-        return best, index
     unit = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(features, np.float32)), dim=1)
-    for start in range(0, n, block):
-        similarity = unit[start:start + block] @ unit.T
-        rows = torch.arange(similarity.shape[0])
-        similarity[rows, rows + start] = -2.0  # not itself
-        values, where = similarity.max(dim=1)
-        best[start:start + block], index[start:start + block] = values.numpy(), where.numpy()
-    return best, index
+    for start in range(1, n, block):
+        stop = min(n, start + block)
+        similarity = unit[start:stop] @ unit[:stop].T
+        later = torch.arange(stop)[None, :] >= torch.arange(start, stop)[:, None]
+        best[start:stop] = similarity.masked_fill(later, -2.0).max(dim=1).values.numpy()
+    return best
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""Per-sample checks: a small registry of typed checks, each a named reason when it fails.
+
+A check reads one score column and compares it with one bound from `GateConfig` (None disables it).
+Scores come from two places:
+- *pixel scorers* run in the feature worker, on each sample's pixels (image, label, source frame,
+  repaint region), and are cached with the features;
+- *feature scores* (`realism`, `lesion_score`, `duplicate_similarity`, `features_finite`) are computed
+  by the gate from the cached features and the reference.
+
+Adding a check (e.g. `label_mismatch`, which runs a segmentation checkpoint) means adding a
+`CheckSpec` with its scorer to `CHECKS`; the gate's loop, the cache and the report pick it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from pipeline.config import GateConfig
+from pipeline.gate.metrics import ms_ssim
+
+MS_SSIM_SIDE = 176  # repaint windows are resized to this (MS-SSIM's five scales need at least 161)
+CHANGED_LEVELS = 2  # a pixel outside the repaint region "changed" when a channel differs by more
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a pixel scorer sees of one sample."""
+
+    sample_id: str
+    image: np.ndarray  # RGB uint8 HxWx3
+    mask: np.ndarray  # label, uint8 HxW {0, 255}
+    source: np.ndarray | None  # the source frame at the image's size; None when it cannot be read
+    repaint: np.ndarray | None  # bool HxW: where the engine may change pixels (alpha > 0)
+    row: dict[str, Any]  # the shard row's other columns (attributes, engine, …)
+
+
+class PixelScorer(Protocol):
+    """Scores a shard's samples from their pixels (batched: a model or MS-SSIM runs once per shard);
+    NaN where the score does not apply (no source frame)."""
+
+    def __call__(self, samples: list[Sample]) -> np.ndarray: ...
+
+
+def each(score: Callable[[Sample], float]) -> PixelScorer:
+    """A scorer from a function of one sample."""
+    return lambda samples: np.array([score(s) for s in samples], np.float64)
+
+
+def _window(region: np.ndarray) -> tuple[slice, slice]:
+    x, y, w, h = cv2.boundingRect(region.astype(np.uint8))
+    return slice(y, y + h), slice(x, x + w)
+
+
+def unpainted_ms_ssim(samples: list[Sample]) -> np.ndarray:
+    """MS-SSIM between the repaint window of each image and of its source frame (≈ 1: nothing painted)."""
+    scores = np.full(len(samples), np.nan)
+    usable = [i for i, s in enumerate(samples) if s.source is not None and s.repaint is not None and s.repaint.any()]
+    if not usable:
+        return scores
+    size = (MS_SSIM_SIDE, MS_SSIM_SIDE)
+    pairs = []
+    for i in usable:
+        rows, cols = _window(samples[i].repaint)
+        pairs.append((cv2.resize(samples[i].image[rows, cols], size, interpolation=cv2.INTER_CUBIC),
+                      cv2.resize(samples[i].source[rows, cols], size, interpolation=cv2.INTER_CUBIC)))
+    scores[usable] = ms_ssim(np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs]))
+    return scores
+
+
+def leaked_fraction(sample: Sample) -> float:
+    """Fraction of the pixels outside the repaint region that differ from the source frame."""
+    if sample.source is None or sample.repaint is None:
+        return float("nan")
+    outside = ~sample.repaint
+    if not outside.any():
+        return 0.0
+    changed = (np.abs(sample.image.astype(np.int16) - sample.source.astype(np.int16)).max(axis=2) > CHANGED_LEVELS)
+    return float(changed[outside].mean())
+
+
+def grey_std(sample: Sample) -> float:
+    """Standard deviation of the grey levels: about 0 for a blank (single-colour) image."""
+    return float(cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY).std())
+
+
+def saturated_fraction(sample: Sample) -> float:
+    """Fraction of the lit pixels (grey > 16, so the endoscope's black surround does not count) that
+    have a channel clipped at 255, or all channels at 0."""
+    grey = cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY)
+    lit = grey > 16
+    if not lit.any():
+        return 1.0
+    clipped = (sample.image == 255).any(axis=2) | (sample.image == 0).all(axis=2)
+    return float(clipped[lit].mean())
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One named reason: it fails a sample when `score` is below (`fail_below`) or above its bound."""
+
+    reason: str
+    score: str
+    fail_below: bool
+    bound: Callable[[GateConfig], float | None]
+    scorer: Callable[[GateConfig], PixelScorer] | None = None  # None: a feature score, computed by the gate
+
+    def failed(self, values: np.ndarray, config: GateConfig) -> np.ndarray:
+        """Where the bound fails; NaN scores (not applicable) never fail."""
+        bound = self.bound(config)
+        if bound is None:
+            return np.zeros(len(values), bool)
+        with np.errstate(invalid="ignore"):
+            return values < bound if self.fail_below else values > bound
+
+
+def _fixed(scorer: PixelScorer) -> Callable[[GateConfig], PixelScorer]:
+    """A scorer that needs no settings."""
+    return lambda config: scorer
+
+
+CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec("non_finite", "features_finite", True, lambda c: 0.5),
+    CheckSpec("blank", "grey_std", True, lambda c: c.blank_std_min, _fixed(each(grey_std))),
+    CheckSpec("saturated", "saturated_fraction", False, lambda c: c.saturated_fraction_max, _fixed(each(saturated_fraction))),
+    CheckSpec("unpainted", "unpainted_ms_ssim", False, lambda c: c.unpainted_ms_ssim_max, _fixed(unpainted_ms_ssim)),
+    CheckSpec("leaked", "leaked_fraction", False, lambda c: c.leaked_fraction_max, _fixed(each(leaked_fraction))),
+    CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min),
+    CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min),
+    CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max),
+)
+
+
+def pixel_scorers(config: GateConfig, checks: tuple[CheckSpec, ...] = CHECKS) -> dict[str, PixelScorer]:
+    """Score column → scorer, for every check measured on pixels."""
+    return {spec.score: spec.scorer(config) for spec in checks if spec.scorer is not None}
+
+
+def judge(scores: dict[str, np.ndarray], config: GateConfig, n: int,
+          checks: tuple[CheckSpec, ...] = CHECKS) -> list[list[str]]:
+    """The failed reasons of each of `n` samples, in registry order (empty: accepted)."""
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for spec in checks:
+        for i in np.flatnonzero(spec.failed(np.asarray(scores[spec.score], np.float64), config)):
+            reasons[i].append(spec.reason)
+    return reasons

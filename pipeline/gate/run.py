@@ -1,0 +1,340 @@
+"""`polyp-synth gate RUN_DIR`: features and pixel scores per shard (through the executors, cached),
+then reference-based scores, verdicts, metrics and the report.
+
+Shards are read, never rewritten. The per-shard work (decode, features of the image and of the
+label's crop, pixel scores, pairs for diversity) is cached at `gate/features/<extractor>/shard-N.parquet`
+and reused while the shard (checksum of its completion record) and the set of pixel scores are
+unchanged, so gating again with other bounds recomputes nothing but the cheap part.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import GateConfig, JobConfig, config_from_dict
+from pipeline.core import parquet, storage
+from pipeline.core.images import decode_png, resize_image
+from pipeline.core.layout import RunLayout
+from pipeline.core.run import RunContext
+from pipeline.errors import FrameCatalogError, GateError
+from pipeline.executors.base import Executor
+from pipeline.gate import checks, metrics
+from pipeline.gate.features import Extractor, lesion_crop, make_extractor
+from pipeline.gate.reference import Reference, build_reference, compare
+from pipeline.gate.verdicts import (
+    GateMetrics,
+    SampleCounts,
+    SetMetrics,
+    ShardVerdict,
+    verdict_table,
+    write_metrics,
+)
+from pipeline.generate.composite import repaint_region
+from pipeline.generate.shards import made_with_random_weights, read_shard
+from pipeline.plan.frames import load_frame
+
+log = logging.getLogger(__name__)
+
+_SHARD_COLUMNS = ["sample_id", "image", "mask", "width", "height", "source_frame", "engine"]
+
+
+@dataclass
+class FeatureShardResult:
+    shard_index: int
+    samples: int
+    cached: bool
+
+
+def _shard_checksum(layout: RunLayout, shard_index: int) -> str:
+    try:
+        return json.loads(storage.read_bytes(layout.shard_done(shard_index)))["sha256"]
+    except (FileNotFoundError, KeyError, ValueError):
+        raise GateError(f"{layout.shard_done(shard_index)}: missing completion record; "
+                        "the shard is incomplete (generate the run again)") from None
+
+
+def _source(row: dict[str, Any]) -> np.ndarray | None:
+    try:
+        return resize_image(load_frame(row["source_frame"]), (row["width"], row["height"]))
+    except FrameCatalogError as exc:
+        log.warning("sample %s: source frame unreadable, unpainted/leaked not checked (%s)", row["sample_id"], exc)
+        return None
+
+
+class FeatureWorker:
+    """Per shard: features of each image and of its label's crop, pixel scores, diversity pairs."""
+
+    def __init__(self, context: RunContext):
+        gate = context.config.gate
+        self.layout = context.layout
+        self.extractor: Extractor = make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
+        self.scorers = checks.pixel_scorers(gate)
+        self.pairs = gate.diversity_pairs
+
+    def cache_key(self, shard_index: int) -> dict[str, Any]:
+        return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.extractor.name,
+                "scores": sorted(self.scorers), "diversity_pairs": self.pairs}
+
+    def cached(self, shard_index: int, key: dict[str, Any]) -> bool:
+        try:
+            with parquet.read_footer(self.layout.features(self.extractor.name, shard_index)) as footer:
+                return parquet.provenance(footer.schema_arrow).get("key") == key
+        except (FileNotFoundError, OSError, KeyError, ValueError, pa.ArrowInvalid):
+            return False
+
+    def run(self, shard_index: int, rows: list[dict[str, Any]]) -> FeatureShardResult:
+        key = self.cache_key(shard_index)
+        if self.cached(shard_index, key):
+            return FeatureShardResult(shard_index, len(rows), cached=True)
+        table = read_shard(self.layout.shard(shard_index)).select(_SHARD_COLUMNS)
+        samples = []
+        for row in table.to_pylist():
+            image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+            engine = row["engine"] or {}
+            alpha = repaint_region(mask, engine.get("mask_dilation") or 0, engine.get("mask_feather") or 0)
+            samples.append(checks.Sample(row["sample_id"], image, mask, _source(row), alpha > 0, row))
+        images = [s.image for s in samples]
+        crops = [lesion_crop(s.image, s.mask) for s in samples]
+        features = self.extractor(images)
+        crop_features = self.extractor([c if c is not None else s.image for c, s in zip(crops, samples)])
+        columns: dict[str, pa.Array] = {
+            "sample_id": pa.array([s.sample_id for s in samples], pa.string()),
+            "has_label": pa.array([c is not None for c in crops], pa.bool_()),
+            "features": _fixed_list(features), "crop_features": _fixed_list(crop_features),
+        }
+        for name, scorer in self.scorers.items():
+            columns[name] = pa.array(np.asarray(scorer(samples), np.float64), pa.float64())
+        diversity = _pair_ms_ssim(images, self.pairs, shard_index)
+        parquet.write(self.layout.features(self.extractor.name, shard_index), pa.table(columns),
+                      {"key": key, "diversity": diversity})
+        return FeatureShardResult(shard_index, len(rows), cached=False)
+
+
+def make_feature_worker(context: RunContext) -> FeatureWorker:
+    return FeatureWorker(context)
+
+
+def _fixed_list(values: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.float32()), values.shape[1])
+
+
+def _pair_ms_ssim(images: list[np.ndarray], pairs: int, seed: int) -> list[float]:
+    """MS-SSIM of `pairs` random pairs of distinct images of a shard, at 176²."""
+    if len(images) < 2 or pairs == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(len(images), 2, replace=False) for _ in range(pairs)]
+    size = (checks.MS_SSIM_SIDE, checks.MS_SSIM_SIDE)
+    a = np.stack([resize_image(images[i], size) for i, _ in picks])
+    b = np.stack([resize_image(images[j], size) for _, j in picks])
+    return [float(v) for v in metrics.ms_ssim(a, b)]
+
+
+@dataclass(frozen=True)
+class RunFeatures:
+    """Everything cached for a run, concatenated in shard order."""
+
+    sample_ids: list[str]
+    shard_indices: np.ndarray
+    features: np.ndarray
+    crop_features: np.ndarray
+    has_label: np.ndarray
+    pixel_scores: dict[str, np.ndarray]
+    diversity_pairs: list[float]
+
+
+def _read_features(layout: RunLayout, extractor: str, shards: list[int]) -> RunFeatures:
+    tables, diversity = [], []
+    for index in shards:
+        table = parquet.read(layout.features(extractor, index))
+        diversity += parquet.provenance(table.schema)["diversity"]
+        tables.append(table.append_column("shard_index", pa.array([index] * table.num_rows, pa.int32())))
+    table = pa.concat_tables(tables)
+    fixed = {"sample_id", "shard_index", "has_label", "features", "crop_features"}
+
+    def matrix(name: str) -> np.ndarray:
+        column = table.column(name).combine_chunks()
+        return column.flatten().to_numpy().reshape(len(column), -1)
+
+    return RunFeatures(
+        sample_ids=table.column("sample_id").to_pylist(),
+        shard_indices=table.column("shard_index").to_numpy(),
+        features=matrix("features"), crop_features=matrix("crop_features"),
+        has_label=table.column("has_label").to_numpy(zero_copy_only=False),
+        pixel_scores={n: table.column(n).to_numpy() for n in table.column_names if n not in fixed},
+        diversity_pairs=diversity,
+    )
+
+
+def read_manifest(run_dir: str) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    try:
+        return json.loads(storage.read_bytes(layout.manifest))
+    except FileNotFoundError:
+        raise GateError(f"{run_dir}: no {layout.manifest}; generate the run before gating it") from None
+    except (OSError, ValueError) as exc:
+        raise GateError(f"{layout.manifest}: unreadable ({exc})") from None
+
+
+def gate_config(run_dir: str, overrides: list[str] = ()) -> JobConfig:
+    """The run's job config as generated, with `--set` overrides (e.g. other gate bounds)."""
+    return config_from_dict(read_manifest(run_dir)["config"], f"{run_dir} (the run's config)", list(overrides))
+
+
+def load_or_build_reference(gate: GateConfig, extractor: Extractor | None = None) -> Reference:
+    """The configured reference; built from `gate.reference.images` when it is not there yet."""
+    settings = gate.reference
+    if storage.exists(storage.join(settings.path, "reference.json")) or not settings.images:
+        reference = Reference.load(settings.path, gate.nearest_k)
+    else:
+        log.info("building the reference %s from %s", settings.path, settings.images)
+        extractor = extractor or make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
+        reference = build_reference(settings.images, extractor, settings.masks, settings.negatives,
+                                    settings.limit, nearest_k=gate.nearest_k)
+        reference.save(settings.path)
+    if reference.identity.extractor != gate.extractor:
+        raise GateError(f"{settings.path}: reference made with {reference.identity.extractor}, but "
+                        f"gate.extractor is {gate.extractor}; build one with that extractor")
+    return reference
+
+
+def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:
+    """Scores that need the reference or the whole run: realism, lesion probe, duplicates, finiteness."""
+    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
+    view = "crop" if reference.crops is not None else "image"
+    mine = run.crop_features if view == "crop" else run.features
+    safe = np.where(finite[:, None], mine, 0.0)
+    realism = np.where(finite, metrics.realism(reference.manifold(view), safe), np.nan)
+    if reference.probe is None:
+        lesion = np.full(len(finite), np.nan)
+    else:
+        lesion = np.where(run.has_label, reference.probe.score(np.where(finite[:, None], run.crop_features, 0.0)), 0.0)
+    duplicates = metrics.nearest_earlier_similarity(np.where(finite[:, None], run.features, 0.0))
+    return {"features_finite": finite.astype(np.float64), "realism": realism, "lesion_score": lesion,
+            "duplicate_similarity": np.where(finite, duplicates, np.nan)}
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    metrics: GateMetrics
+    run_dir: str
+
+    @property
+    def passed(self) -> bool:
+        return self.metrics.passed
+
+    def line(self) -> str:
+        m = self.metrics
+        kid = "n/a" if m.accepted.kid is None else f"{m.accepted.kid:.4f}"
+        text = (f"{self.run_dir}: gate {'PASSED' if m.passed else 'FAILED'}: {m.samples.accepted}/{m.samples.total} "
+                f"samples accepted, KID of accepted {kid}; report {RunLayout(self.run_dir).gate_report}")
+        return text + ("; " + "; ".join(m.failures) if m.failures else "")
+
+
+def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome:
+    """Gate a generated run: verdicts, metrics, report under `RUN_DIR/gate/`; safe to re-run."""
+    from pipeline.gate.report import write_report
+
+    layout = RunLayout(run_dir)
+    manifest = read_manifest(run_dir)
+    shards = [entry["index"] for entry in manifest["shards"] if entry["rows"] > 0]
+    if not shards:
+        raise GateError(f"{run_dir}: no samples to gate (every shard is empty or failed)")
+    storage.remove(layout.gate_success)
+    gate = config.gate
+    reference = load_or_build_reference(gate)
+    work, attributes_type = {}, None
+    for index in shards:
+        with parquet.read_footer(layout.shard(index)) as footer:
+            ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
+            attributes_type = footer.schema_arrow.field("attributes").type
+        work[index] = [{"sample_id": i} for i in ids]
+    run_id, plan_digest = manifest["run_id"], manifest["plan_digest"]
+    context = RunContext(layout=layout, config=config, run_id=run_id, plan_digest=plan_digest,
+                         attributes_type=attributes_type)
+    report = executor.execute(work, context, make_feature_worker)
+    if report.failures:
+        raise GateError(f"{run_dir}: feature extraction failed for shard(s) "
+                        + ", ".join(f"{f.shard_index} ({f.error})" for f in report.failures))
+    log.info("features: %d shards computed, %d from cache", sum(not r.cached for r in report.results),
+             sum(r.cached for r in report.results))
+
+    run = _read_features(layout, gate.extractor, shards)
+    scores = {**run.pixel_scores, **feature_scores(reference, run)}
+    reasons = checks.judge(scores, gate, len(run.sample_ids))
+
+    shard_verdicts = []
+    for index in shards:
+        rows = run.shard_indices == index
+        finite = rows & (scores["features_finite"] > 0)
+        kid, kid_std = metrics.kid(reference.images, run.features[finite])
+        whole = gate.shard_kid_max is not None and (kid is None or kid > gate.shard_kid_max)
+        if whole:
+            for i in np.flatnonzero(rows):
+                reasons[i].append("shard_kid")
+        shard_verdicts.append(ShardVerdict(shard_index=index, samples=int(rows.sum()),
+                                           accepted=sum(not reasons[i] for i in np.flatnonzero(rows)),
+                                           kid=kid, kid_std=kid_std, rejected_whole=whole))
+    accepted = np.array([not r for r in reasons])
+    finite = scores["features_finite"] > 0
+    run_figures = compare(reference, run.features[finite])
+    accepted_figures = compare(reference, run.features[accepted & finite])
+    counts: dict[str, int] = {}
+    for sample_reasons in reasons:
+        for reason in sample_reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    failures = _run_failures(gate, accepted_figures, float(accepted.mean()))
+    random_weights = any(made_with_random_weights(e) for e in _engines(layout, shards))
+    if random_weights:
+        log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")
+    gate_metrics = GateMetrics(
+        run_id=run_id, plan_digest=plan_digest,
+        gated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        passed=not failures, failures=failures, extractor=gate.extractor, reference=reference.identity,
+        run=run_figures, accepted=accepted_figures,
+        diversity=float(np.mean(run.diversity_pairs)) if run.diversity_pairs else None,
+        samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts),
+        shards=shard_verdicts, random_weights=random_weights,
+        bounds=gate.model_dump(mode="json", exclude={"reference"}),
+    )
+    parquet.write(layout.verdicts, verdict_table(run.sample_ids, run.shard_indices, accepted, reasons, scores),
+                  {"run_id": run_id, "plan_digest": plan_digest, "reference": reference.identity.digest})
+    write_metrics(layout, gate_metrics)
+    write_report(layout, gate_metrics, reference, run, scores, reasons, gate)
+    storage.write_bytes_atomic(layout.gate_success, b"")
+    outcome = GateOutcome(gate_metrics, run_dir)
+    log.info(outcome.line())
+    return outcome
+
+
+def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:
+    """One `engine` record per shard (all rows of a shard share it)."""
+    engines = []
+    for index in shards:
+        with parquet.read_footer(layout.shard(index)) as footer:
+            engines.append(footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py())
+    return engines
+
+
+def _run_failures(gate: GateConfig, accepted: SetMetrics, acceptance: float) -> list[str]:
+    """Run-level bounds, judged on the accepted samples (what export hands to trainers)."""
+    failures = []
+    if gate.acceptance_min is not None and acceptance < gate.acceptance_min:
+        failures.append(f"acceptance {acceptance:.3f} < gate.acceptance_min {gate.acceptance_min}")
+    for name, bound, above in (("kid", gate.run_kid_max, True), ("fid", gate.run_fid_max, True),
+                               ("precision", gate.run_precision_min, False)):
+        value = getattr(accepted, name)
+        if bound is None:
+            continue
+        if value is None:
+            failures.append(f"{name} of the accepted samples cannot be computed (n={accepted.n}), bound {bound}")
+        elif (value > bound) if above else (value < bound):
+            failures.append(f"{name} {value:.4f} {'>' if above else '<'} gate.run_{name}_{'max' if above else 'min'} {bound}")
+    return failures
