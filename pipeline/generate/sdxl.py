@@ -45,7 +45,13 @@ from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.generate.composite import composite, repaint_region
-from pipeline.generate.window import Window, pad_square, paint_window, unpad_square
+from pipeline.generate.window import (
+    Window,
+    pad_square,
+    paint_window,
+    unpad_square,
+    working_side,
+)
 from pipeline.testing.tiny_model import (
     TINY_MODEL_ID,
     is_tiny_model,
@@ -326,9 +332,7 @@ class InpaintEngine:
         return paint_window(mask, self.config)
 
     def working_side(self, window: Window) -> int:
-        """The square side the model works at: `crop_resolution` for windows no larger than it."""
-        small = self.config.crop_resolution
-        return small if small is not None and window.side <= small else self.config.resolution
+        return working_side(window, self.config)
 
     def inpaint(
         self,

@@ -101,6 +101,13 @@ def paint_window(mask: np.ndarray, config: EngineConfig) -> Window:
                        config.crop_context, config.crop_min)
 
 
+def working_side(window: Window, config: EngineConfig) -> int:
+    """The square side the model works at: `crop_resolution` for windows no larger than it, else
+    `resolution` (two sizes at most, so batches stay full)."""
+    small = config.crop_resolution
+    return small if small is not None and window.side <= small else config.resolution
+
+
 def square_padding(width: int, height: int) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) padding that makes a width×height image square, split evenly."""
     extra_y, extra_x = max(width - height, 0), max(height - width, 0)
