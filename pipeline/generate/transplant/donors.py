@@ -47,12 +47,12 @@ from pipeline.generate.transplant.warp import (
     smooth_profile,
 )
 from pipeline.plan.fov import detect_fov
+from pipeline.plan.frames import IMAGE_EXTENSIONS
 from pipeline.plan.masks.stats import SPECK_FRACTION, mask_stats
 from pipeline.plan.modality import detect_modality
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 PADDING = 0.3
 """Crop margin around a lesion's bounding box, as a fraction of its longer side (plus `_MIN_PAD`)."""
 MAX_SIDE = 768
@@ -97,7 +97,7 @@ class _Pair:
 
 
 def _find(folder: Path, source_id: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in IMAGE_EXTENSIONS:
         path = folder / f"{source_id}{suffix}"
         if path.is_file():
             return path
@@ -110,9 +110,9 @@ def _pairs(images: Path, masks: Path, split: Path | None) -> list[_Pair]:
         if not folder.is_dir():
             raise DonorError(f"{folder}: no such {what} folder")
     if split is None:
-        ids = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        ids = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not ids:
-            raise DonorError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DonorError(f"{images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     else:
         try:
             ids = list(dict.fromkeys(line.strip() for line in split.read_text().splitlines() if line.strip()))

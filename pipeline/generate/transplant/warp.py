@@ -26,7 +26,7 @@ PROFILE_SMOOTHING = 2.0
 def lesion_centre(mask: np.ndarray) -> tuple[float, float]:
     """(x, y) of the mask's interior pixel farthest from its edge: inside the lesion whatever its shape."""
     inside = np.pad((mask > 0).astype(np.uint8), 1)  # the image edge counts as the lesion's edge
-    distance = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_5)  # any deep interior point will do
     _, _, _, (x, y) = cv2.minMaxLoc(distance)
     return float(x - 1), float(y - 1)
 
