@@ -369,7 +369,11 @@ def main() -> None:
                     config = job_config(args, model, out, "timed-engine", row, args.n)
                     reference = decode_png(read_shard(RunLayout(config.run_dir()).shard(0))
                                            .column("image")[0]["bytes"].as_py()).astype(int)
-            print(f"  {row.name}: {results[-1].images_per_s:.3f} images/s", flush=True)
+            r = results[-1]
+            print(f"  {row.name}: {r.images_per_s:.3f} images/s, {r.flops / r.seconds / 1e12:.4g} TFLOP/s, "
+                  f"warm-up {r.warmup_s:.1f} s, peak {r.peak_gib or 0:.1f} GiB", flush=True)
+            if args.json:  # after every row, so a run stopped at its time limit keeps what it measured
+                Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
 
     floor = sample_flops(*model_configs(model), args.resolution, args.guidance > 1).total(args.steps)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
@@ -380,8 +384,6 @@ def main() -> None:
           f"at {args.peak_tflops:.0f} TFLOP/s; warm-up = model load + first batch; Δpx = largest pixel "
           "difference from the engine row's first image")
     print(table(rows, results, args.peak_tflops))
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
 
 
 if __name__ == "__main__":
