@@ -26,7 +26,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_masks.py
-	$(BIN)/python bench/bench_generate.py --config jobs/demo.yaml
+	$(BIN)/python bench/bench_generate.py --config jobs/demo-sdxl.yaml
+	$(BIN)/python bench/bench_transplant.py
 
 clean:
 	rm -rf runs models .pytest_cache
