@@ -202,7 +202,7 @@ def test_a_run_records_each_window_and_preview_draws_it(tmp_path, tiny_model_dir
     from pipeline.generate.runner import run_generate
     from pipeline.generate.worker import prepare_sample
     from pipeline.plan.plan import Plan
-    from pipeline.tools.preview import run_sheet
+    from pipeline.tools.preview import plan_sheet, run_sheet
 
     root = __import__("pathlib").Path(__file__).parents[1]
     config = config_from_dict({
@@ -227,7 +227,8 @@ def test_a_run_records_each_window_and_preview_draws_it(tmp_path, tiny_model_dir
     ds = datasets.load_dataset("parquet", data_files=shard, split="train", cache_dir=str(tmp_path / "cache"))
     assert ds[0]["window"] == rows[0]["window"]
 
-    sheet = tmp_path / "sheet.png"
-    run_sheet(config.run_dir(), 3, str(sheet), windows=True)
-    pixels = cv2.cvtColor(cv2.imread(str(sheet)), cv2.COLOR_BGR2RGB)
-    assert (np.abs(pixels.astype(int) - (255, 220, 0)).sum(axis=2) == 0).sum() > 50  # the window's outline
+    for draw, sheet in ((lambda out: run_sheet(config.run_dir(), 3, out, windows=True), tmp_path / "run.png"),
+                        (lambda out: plan_sheet(config, 3, out, windows=True), tmp_path / "plan.png")):
+        draw(str(sheet))
+        pixels = cv2.cvtColor(cv2.imread(str(sheet)), cv2.COLOR_BGR2RGB)
+        assert (np.abs(pixels.astype(int) - (255, 220, 0)).sum(axis=2) == 0).sum() > 50  # the window's outline

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.config import JobConfig
+from pipeline.config import EngineConfig, JobConfig
 from pipeline.core import storage
 from pipeline.core.images import decode_png
 from pipeline.core.layout import RunLayout
@@ -81,6 +81,8 @@ def caption(row: dict) -> str:
 def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> None:
     """Frames, planned masks and prompts of the first n samples of a job; with `windows`, also the
     square the engine will paint each in."""
+    if windows and not isinstance(config.engine, EngineConfig):
+        raise ConfigError(f"--windows: engine.kind {config.engine.kind} paints no window (only sdxl does)")
     cells = []
     for row in build_plan(config, n).table.to_pylist():
         frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
