@@ -117,15 +117,18 @@ def split_ids(config: FinetuneConfig, pairs: dict[str, tuple[Path, Path]]) -> tu
     return train, held_out
 
 
+def _read_image(path: str | Path, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert(mode))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
 def load_pair(image: str | Path, mask: str | Path, output_resolution: int | None) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 frame and {0, 255} label, at the size the engine works at (`engine.output_resolution`)."""
-    try:
-        with Image.open(image) as picture:
-            frame = np.asarray(picture.convert("RGB"))
-        with Image.open(mask) as picture:
-            label = np.where(np.asarray(picture.convert("L")) > 127, 255, 0).astype(np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot read {exc.filename or image}: {exc}") from None
+    frame = _read_image(image, "RGB")
+    label = np.where(_read_image(mask, "L") > 127, 255, 0).astype(np.uint8)
     if label.shape != frame.shape[:2]:
         raise DataError(f"{mask}: the mask is {label.shape[1]}x{label.shape[0]} but its image {image} is "
                         f"{frame.shape[1]}x{frame.shape[0]}")

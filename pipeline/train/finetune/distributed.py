@@ -18,7 +18,7 @@ from pipeline.core.layout import FinetuneLayout
 from pipeline.errors import ExecutorError, PolypSynthError
 from pipeline.train.finetune.config import FinetuneConfig
 from pipeline.train.finetune.data import FinetuneData, prepare_data
-from pipeline.train.finetune.trainer import FinetuneResult, finetune
+from pipeline.train.finetune.trainer import FinetuneResult, check_base_model, finetune
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def finetune_on_ray(config: FinetuneConfig, data: FinetuneData | None = None) ->
     from pipeline.executors.ray import connect
 
     data = data or prepare_data(config)
+    check_base_model(config.engine)
     executor = config.executor
     connect(executor.address, executor.connect_timeout_s)
     gpus = ray.cluster_resources().get("GPU", 0.0)

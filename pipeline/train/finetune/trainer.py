@@ -28,7 +28,11 @@ import diffusers
 import numpy as np
 import peft
 import torch
-from diffusers import DDPMScheduler, StableDiffusionXLInpaintPipeline
+from diffusers import (
+    DDPMScheduler,
+    StableDiffusionXLInpaintPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -42,13 +46,20 @@ from pipeline.core.progress import ProgressReporter, progress_bar
 from pipeline.errors import ConfigError, ModelLoadError, TrainError
 from pipeline.generate.sdxl import (
     InpaintEngine,
+    _check_pipeline_folder,
+    _load,
+    _local_path,
     load_pipeline,
     resolve_device,
     resolve_dtype,
 )
-from pipeline.testing.tiny_model import is_tiny_model
+from pipeline.testing.tiny_model import (
+    TINY_MODEL_ID,
+    is_tiny_model,
+    reserved_tiny_model,
+)
 from pipeline.tools.preview import contact_sheet, tile
-from pipeline.train.finetune.config import FinetuneConfig
+from pipeline.train.finetune.config import FinetuneConfig, TrainConfig
 from pipeline.train.finetune.data import Example, FinetuneData, load_pair, prepare_data
 from pipeline.train.finetune.objective import inpainting_loss, unet_input
 
@@ -74,17 +85,32 @@ class TrainingEngine(InpaintEngine):
         return self.config.resolution
 
 
-def load_base(engine: EngineConfig, device: torch.device, dtype: torch.dtype) -> StableDiffusionXLInpaintPipeline:
-    """The base pipeline through the engine's loader (its checks, its messages), never from its cache:
-    training changes the UNet."""
-    pipe = load_pipeline.__wrapped__(engine.model, engine.revision, engine.variant, engine.vae, None,
-                                     engine.allow_pickle, engine.scheduler, dtype, device)
-    channels = pipe.unet.config.in_channels
+def _refuse_non_inpainting(engine: EngineConfig, channels: int) -> None:
     if channels != 9:
         raise ModelLoadError(
             f"engine.model: {engine.model} has a UNet with {channels} input channels, not an SDXL inpainting UNet "
             "(9: latents, mask, masked-image latents); fine-tune an inpainting pipeline"
         )
+
+
+def check_base_model(engine: EngineConfig) -> None:
+    """The engine's checks of the base model, and its UNet's input channels, from configs alone: a
+    wrong model is refused before a cluster spends anything on it."""
+    model = str(reserved_tiny_model()) if engine.model == TINY_MODEL_ID else engine.model
+    path = _local_path(model, "engine.model")
+    if path is not None:
+        _check_pipeline_folder(path, engine.allow_pickle)
+    unet = _load("engine.model", model, path is None,
+                 lambda: UNet2DConditionModel.load_config(model, subfolder="unet", revision=engine.revision))
+    _refuse_non_inpainting(engine, unet.get("in_channels", 0))
+
+
+def load_base(engine: EngineConfig, device: torch.device, dtype: torch.dtype) -> StableDiffusionXLInpaintPipeline:
+    """The base pipeline through the engine's loader (its checks, its messages), never from its cache:
+    training changes the UNet."""
+    pipe = load_pipeline.__wrapped__(engine.model, engine.revision, engine.variant, engine.vae, None,
+                                     engine.allow_pickle, engine.scheduler, dtype, device)
+    _refuse_non_inpainting(engine, pipe.unet.config.in_channels)
     return pipe
 
 
@@ -201,6 +227,20 @@ def batch_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, data: TrainingSe
         return_dict=False,
     )[0]
     return inpainting_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma)
+
+
+def train_step(model: torch.nn.Module, scheduler: DDPMScheduler, data: TrainingSet, indices: list[int],
+               generator: torch.Generator, params: list[torch.nn.Parameter], optimizer, schedule,
+               train: TrainConfig, precision: contextlib.AbstractContextManager) -> float:
+    """One optimiser step on one batch (forward under `precision`, clipped gradients); its loss."""
+    with precision:
+        loss = batch_loss(model, scheduler, data, indices, generator, train.snr_gamma)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -382,7 +422,7 @@ def save_lora(layout: FinetuneLayout, unet: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """bf16/fp16 autocast on the GPU when the frozen weights are half precision; nothing on the CPU."""
     if device.type == "cuda" and dtype != torch.float32:
         return torch.autocast("cuda", dtype=dtype)
@@ -439,15 +479,9 @@ def finetune(config: FinetuneConfig, data: FinetuneData | None = None, rank: int
         torch.manual_seed(seed_from(f"{config.seed}:step:{step}:rank:{rank}"))  # LoRA dropout
         generator = torch.Generator(device).manual_seed(seed_from(f"{config.seed}:noise:{step}:rank:{rank}"))
         indices = batch_indices(step, rank, world_size, train.batch_size, len(training_set), config.seed)
-        with _autocast(device, dtype):
-            loss = batch_loss(model, scheduler, training_set, indices, generator, train.snr_gamma)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        state.losses.append(train_step(model, scheduler, training_set, indices, generator, params, optimizer,
+                                       schedule, train, autocast(device, dtype)))
         state.step += 1
-        state.losses.append(float(loss.detach()))
         if reporter:
             reporter.update(extra=f"loss {state.losses[-1]:.4f}")
         if state.step % train.checkpoint_every == 0 or state.step == train.steps:
