@@ -68,8 +68,9 @@ def summarise_run(run_dir: str) -> str:
         lines.append(f"WARNING    {RANDOM_WEIGHTS_WARNING}")
     if engine:
         lines.append("engine     " + ", ".join(
-            f"{key}={engine[key]}" for key in ("model", "scheduler", "steps", "guidance_scale", "strength",
-                                               "resolution", "dtype", "device") if key in engine))
+            f"{key}={engine[key]}" for key in ("kind", "model", "scheduler", "steps", "guidance_scale", "strength",
+                                               "resolution", "dtype", "device", "donors", "blend", "colour_transfer")
+            if engine.get(key) is not None))
     if MANIFEST_FILE in names:
         manifest = json.loads(storage.read_bytes(layout.manifest))
         lines.append(f"timings    {manifest['timings']['wall_seconds']}s wall; "
