@@ -173,6 +173,10 @@ class GateConfig(_Section):
     lesion_score_min: float | None = Field(0.5, description="probe probability of a polyp in the label's crop")
     realism_min: float | None = Field(0.7, description="k-NN realism score against the reference (1 = inside it)")
     duplicate_similarity_max: float | None = Field(0.995, description="cosine similarity of features to another sample")
+    segmenter: str | None = Field(None, description="segmentation checkpoint (polyp-synth train, on real data): "
+                                                    "turns on the label_mismatch check")
+    label_iou_min: float | None = Field(0.8, description="IoU of the segmenter's prediction with the label "
+                                                         "(checked only with gate.segmenter)")
     nearest_k: int = Field(5, gt=0, description="k of the k-NN balls (precision/recall/density/coverage, realism)")
     # per shard and per run
     shard_kid_max: float | None = Field(None, description="a shard whose KID exceeds this is rejected whole")

@@ -110,18 +110,26 @@ def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
     assert done.value.code == 2 and "size" in capsys.readouterr().err
 
 
-def test_label_iou_scorer_scores_agreement_with_the_label(tmp_path):
+def test_label_mismatch_check_in_the_gate_registry(tmp_path):
+    from pipeline.config import GateConfig
     from pipeline.data.sources import read_pairs
+    from pipeline.gate import checks
     from pipeline.train.evaluate import predict
-    from pipeline.train.label_check import LabelIoUScorer
 
     refs = resolve(f"{KVASIR}:train")[:2]
     checkpoint = train(refs, TrainSettings(size=64, steps=1, batch_size=2), tmp_path / "s.safetensors").checkpoint
-    scorer = LabelIoUScorer(str(checkpoint), device="cpu")
     _, image, mask = next(read_pairs(refs[:1]))
+    config = GateConfig(segmenter=str(checkpoint), device="cpu")
+    scorer = checks.pixel_scorers(config)["label_iou"]
     prediction = predict(scorer.model, image, 64, torch.device("cpu"))
-    assert scorer.score(image, mask) == segment_metrics(prediction, mask > 0).iou
+    assert prediction.any() and not prediction.all()  # a 1-step model still draws a boundary somewhere
     as_label = np.where(prediction, 255, 0).astype(np.uint8)
-    assert scorer.score(image, as_label) == 1.0  # the label is where the segmenter sees the polyp
-    if prediction.any() and not prediction.all():
-        assert scorer.score(image, 255 - as_label) == 0.0  # the label is everywhere else
+    samples = [checks.Sample(name, image, label, None, None, {})
+               for name, label in (("real", mask), ("agrees", as_label), ("elsewhere", 255 - as_label))]
+    scores = scorer(samples)
+    assert scores[0] == segment_metrics(prediction, mask > 0).iou and list(scores[1:]) == [1.0, 0.0]
+    nan = {spec.score: np.full(3, np.nan) for spec in checks.CHECKS}
+    reasons = checks.judge({**nan, "label_iou": scores}, config, 3)
+    assert reasons[1:] == [[], ["label_mismatch"]]
+    assert checks.judge({**nan, "label_iou": scores}, GateConfig(), 3) == [[], [], []]  # off without a segmenter
+    assert np.isnan(checks.pixel_scorers(GateConfig())["label_iou"](samples)).all()

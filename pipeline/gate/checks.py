@@ -7,8 +7,9 @@ Scores come from two places:
 - *feature scores* (`realism`, `lesion_score`, `duplicate_similarity`, `features_finite`) are computed
   by the gate from the cached features and the reference.
 
-Adding a check (e.g. `label_mismatch`, which runs a segmentation checkpoint) means adding a
-`CheckSpec` with its scorer to `CHECKS`; the gate's loop, the cache and the report pick it up.
+Adding a check means adding a `CheckSpec` with its scorer to `CHECKS`; the gate's loop, the cache
+and the report pick it up (`label_mismatch` runs the segmentation checkpoint of `gate.segmenter`; a
+scorer with an `identity` attribute, such as that checkpoint's checksum, is part of the cache key).
 """
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ class CheckSpec:
             return values < bound if self.fail_below else values > bound
 
 
+def label_iou(config: GateConfig) -> PixelScorer:
+    """IoU of `gate.segmenter`'s prediction with each label (NaN, never failing, without a segmenter)."""
+    if config.segmenter is None:
+        return lambda samples: np.full(len(samples), np.nan)
+    from pipeline.train.label_check import LabelIoUScorer
+
+    return LabelIoUScorer(config.segmenter, config.device)
+
+
 def _fixed(scorer: PixelScorer) -> Callable[[GateConfig], PixelScorer]:
     """A scorer that needs no settings."""
     return lambda config: scorer
@@ -132,6 +142,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min),
     CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min),
     CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max),
+    CheckSpec("label_mismatch", "label_iou", True, lambda c: c.label_iou_min if c.segmenter else None, label_iou),
 )
 
 

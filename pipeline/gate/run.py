@@ -80,7 +80,8 @@ class FeatureWorker:
 
     def cache_key(self, shard_index: int) -> dict[str, Any]:
         return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.extractor.name,
-                "scores": sorted(self.scorers), "diversity_pairs": self.pairs}
+                "scores": sorted(self.scorers), "diversity_pairs": self.pairs,
+                "scorers": {name: getattr(s, "identity", "") for name, s in sorted(self.scorers.items())}}
 
     def cached(self, shard_index: int, key: dict[str, Any]) -> bool:
         try:

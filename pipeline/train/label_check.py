@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.core import storage
+from pipeline.core.digests import sha256_hex
 from pipeline.train.evaluate import predict
 from pipeline.train.metrics import segment_metrics
 from pipeline.train.model import load_checkpoint
@@ -17,9 +19,12 @@ from pipeline.train.segment import resolve_device
 
 
 class LabelIoUScorer:
-    """IoU of the segmenter's prediction on a sample's image with its label (the model loads once)."""
+    """IoU of the segmenter's prediction on a sample's image with its label (the model loads once).
+    A gate pixel scorer: called with a shard's samples; `identity` (the checkpoint's checksum) keys
+    the gate's cache, so another segmenter is never answered from it."""
 
     def __init__(self, checkpoint: str, device: str = "auto"):
+        self.identity = sha256_hex(storage.read_bytes(checkpoint)) if storage.exists(checkpoint) else checkpoint
         self.model, record = load_checkpoint(checkpoint)
         self.size = record.size
         self.device = resolve_device(device)
@@ -28,5 +33,5 @@ class LabelIoUScorer:
     def score(self, image: np.ndarray, mask: np.ndarray) -> float:
         return segment_metrics(predict(self.model, image, self.size, self.device), mask > 0).iou
 
-    def __call__(self, sample) -> float:  # a gate `Sample`: image RGB uint8, mask {0, 255}
-        return self.score(sample.image, sample.mask)
+    def __call__(self, samples: list) -> np.ndarray:  # gate `Sample`s: image RGB uint8, mask {0, 255}
+        return np.array([self.score(s.image, s.mask) for s in samples], np.float64)
