@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/polyp-synth run jobs/demo.yaml --executor $(strip $(EXECUTOR))
 	$(BIN)/polyp-synth inspect runs/demo
 	$(BIN)/polyp-synth preview runs/demo --n 16 --out runs/demo/contact_sheet.png
+	$(BIN)/polyp-synth export runs/demo --out runs/demo-export   # the gate's accepted samples, as trainers read them
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
