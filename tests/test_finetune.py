@@ -273,3 +273,12 @@ def test_a_base_model_that_is_not_sdxl_inpainting_is_refused(tmp_path, split, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "engine.model" in err and "model_index.json" in err, err
+
+
+def test_the_shipped_job_validates_and_takes_overrides():
+    from pipeline.train.finetune.config import load_finetune_config
+
+    config = load_finetune_config("jobs/finetune.yaml", ["train.steps=7", "lora.rank=4"])
+    assert (config.train.steps, config.lora.rank, config.captions.known) == (7, 4, {"modality": "wli"})
+    assert config.training_digest() == load_finetune_config("jobs/finetune.yaml").model_copy(
+        update={"lora": config.lora}).training_digest()  # the length of a run is not what it trains
