@@ -191,6 +191,16 @@ def test_captions_carry_the_measured_size_and_known_attributes(tiny_model_dir, s
     assert prepare_data(config).train == data.train  # seeded per image: the same captions every run
 
 
+def test_captions_from_a_csv_and_a_missing_one_named(tiny_model_dir, split, tmp_path):
+    table = tmp_path / "captions.csv"
+    table.write_text("id,caption\n" + "".join(f"{stem},polyp number {i}\n" for i, stem in enumerate(TRAIN_IDS)))
+    config = make_config(tiny_model_dir, tmp_path, split, captions={"csv": str(table)})
+    assert [e.caption for e in prepare_data(config).train] == ["polyp number 0", "polyp number 1", "polyp number 2"]
+    table.write_text(f"id,caption\n{TRAIN_IDS[0]},a polyp\n")
+    with pytest.raises(DataError, match=f"captions.csv: {table} has no caption for '{TRAIN_IDS[1]}'"):
+        prepare_data(config)
+
+
 def test_min_snr_weights_follow_the_formula():
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     timesteps = torch.tensor([0, 100, 500, 999])

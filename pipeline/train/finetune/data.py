@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.core.digests import json_digest, seed_from
 from pipeline.core.images import resize_image, resize_mask
+from pipeline.core.progress import progress_bar
 from pipeline.errors import DataError
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import _owner
@@ -200,4 +201,6 @@ def prepare_data(config: FinetuneConfig) -> FinetuneData:
             caption = bank_caption(bank, {**measured, **config.captions.known}, seed_from(f"{config.seed}:{stem}"))
         return Example(stem, str(image), str(mask), caption, _file_sha256(image, mask))
 
-    return FinetuneData(tuple(map(example, train_ids)), tuple(map(example, validation_ids)), bank.negative)
+    ids = train_ids + validation_ids
+    made = [example(stem) for stem in progress_bar(ids, "checking pairs and captions", len(ids), "pair")]
+    return FinetuneData(tuple(made[:len(train_ids)]), tuple(made[len(train_ids):]), bank.negative)
