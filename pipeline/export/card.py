@@ -29,7 +29,7 @@ def render_card(manifest: ExportManifest) -> str:
         header["configs"] = [{"config_name": "default",
                               "data_files": [{"split": "train", "path": f"{EXPORT_DATA_DIR}/train-*"}]}]
     runs = "\n".join(
-        f"| `{run.run_id}` | {', '.join(run.engine_models)} | {run.samples} | {run.accepted} | {run.exported} | "
+        f"| `{run.run_id}` | {', '.join(run.engines)} | {run.samples} | {run.accepted} | {run.exported} | "
         f"{'passed' if run.gate_passed else 'FAILED (forced)'} |"
         for run in manifest.runs
     )
@@ -50,7 +50,7 @@ def render_card(manifest: ExportManifest) -> str:
 {manifest.samples} image–mask pairs made by polyp-synth {manifest.pipeline_version}. Each is a polyp-free
 colonoscopy frame with a synthetic polyp painted (or transplanted) into a procedurally planned mask; the mask
 is the label. {rejected}
-| run | engine model | samples | accepted | exported | gate |
+| run | made by | samples | accepted | exported | gate |
 | --- | --- | --- | --- | --- | --- |
 {runs}
 

@@ -76,6 +76,11 @@ def _shard_urls(layout: RunLayout) -> list[str]:
         raise ExportError(f"{layout.root}: no shards under {layout.shard_dir} (not a generated run)")
     return [storage.join(layout.shard_dir, name) for name in names]
 
+def _engine_name(engine: dict[str, Any]) -> str:
+    """What made a shard: its model (SDXL), or its engine kind and donor library (transplant)."""
+    return str(engine.get("model") or " ".join(str(engine[k]) for k in ("kind", "donors") if engine.get(k)) or "unknown")
+
+
 def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     layout = RunLayout(run_dir.rstrip("/"))
     gate = load_gate(layout.root)
@@ -94,8 +99,8 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
         provenance = parquet.provenance(schema)
         config, run_id = provenance.get("config", config), provenance.get("run_id", run_id)
         random_weights |= made_with_random_weights(engine)
-        if engine and engine.get("model"):
-            models.add(str(engine["model"]))
+        if engine:
+            models.add(_engine_name(engine))
         schemas.append(schema)
         rows = []
         for row, sample_id in enumerate(ids):
@@ -121,7 +126,7 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
         run_dir=layout.root, run_id=run_id, samples=samples, accepted=accepted,
         exported=sum(len(rows) for rows in plan.keep), duplicates=duplicates, gate_passed=gate.passed,
         forced=not gate.passed, gate=gate.metrics, random_weights=random_weights,
-        engine_models=sorted(models), config=config,
+        engines=sorted(models), config=config,
     )
     return plan
 

@@ -43,7 +43,7 @@ class SourceRun(_Record):
     forced: bool  # exported although its gate failed (--force)
     gate: GateMetrics  # the run's gate figures, bounds and reference
     random_weights: bool  # its shards were made with random (test) model weights
-    engine_models: list[str]
+    engines: list[str]  # what made its shards: model id (SDXL), or engine kind and donor library (transplant)
     config: dict[str, Any]  # the job config the run was made with
 
 
