@@ -469,7 +469,7 @@ def finetune(config: FinetuneConfig, data: FinetuneData | None = None, rank: int
 
     if state.step == 0:
         validate(0)  # the base model's sheet: what the LoRA is compared with
-    started, first_step = time.perf_counter(), state.step
+    training_seconds, first_step = 0.0, state.step  # the steps alone: not validation, not checkpoints
     reporter = ProgressReporter("finetuning", train.steps, "step") if main else None
     if reporter:
         reporter.update(state.step)
@@ -479,8 +479,10 @@ def finetune(config: FinetuneConfig, data: FinetuneData | None = None, rank: int
         torch.manual_seed(seed_from(f"{config.seed}:step:{step}:rank:{rank}"))  # LoRA dropout
         generator = torch.Generator(device).manual_seed(seed_from(f"{config.seed}:noise:{step}:rank:{rank}"))
         indices = batch_indices(step, rank, world_size, train.batch_size, len(training_set), config.seed)
+        started = time.perf_counter()
         state.losses.append(train_step(model, scheduler, training_set, indices, generator, params, optimizer,
                                        schedule, train, autocast(device, dtype)))
+        training_seconds += time.perf_counter() - started
         state.step += 1
         if reporter:
             reporter.update(extra=f"loss {state.losses[-1]:.4f}")
@@ -496,7 +498,7 @@ def finetune(config: FinetuneConfig, data: FinetuneData | None = None, rank: int
         reporter.close()
     done = state.step - first_step
     result = FinetuneResult(layout.lora, state.step, resumed_from, tuple(state.losses),
-                            (time.perf_counter() - started) / done if done else 0.0)
+                            training_seconds / done if done else 0.0)
     if main:
         save_lora(layout, pipe.unet)
         write_card(layout, config, data, pipe, world_size, result)
