@@ -63,6 +63,7 @@ def test_run_writes_complete_shards_with_provenance(first_run):
     assert engine["random_weights"] is True  # the tiny test model says so in every row…
     assert "RANDOM model weights" in summarise_run(str(run))  # …and inspect says it out loud
     assert rows[0]["run_id"] == "e2e" and rows[0]["pipeline_version"]
+    assert rows[0]["donor_id"] is None and engine["kind"] == "sdxl"  # donors are the transplant engine's
 
 
 def test_masks_are_the_planned_labels_and_pixels_outside_the_repaint_region_are_the_source(first_run):
