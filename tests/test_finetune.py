@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline.cli import main
 from pipeline.config import EngineConfig, config_from_dict
-from pipeline.errors import DataError, ModelLoadError
+from pipeline.errors import ConfigError, DataError, ModelLoadError, TrainError
 from pipeline.generate.sdxl import InpaintEngine
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import _log_quantile
@@ -292,3 +292,17 @@ def test_the_shipped_job_validates_and_takes_overrides():
     assert (config.train.steps, config.lora.rank, config.captions.known) == (7, 4, {"modality": "wli"})
     assert config.training_digest() == load_finetune_config("jobs/finetune.yaml").model_copy(
         update={"lora": config.lora}).training_digest()  # the length of a run is not what it trains
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(uninterrupted):
+    config, _ = uninterrupted
+    changed = config.model_copy(update={"lora": config.lora.model_copy(update={"rank": 8})})
+    with pytest.raises(TrainError, match=r"output: .*step-000004 was made with other training settings"):
+        trainer.finetune(changed)
+
+
+def test_lora_targets_that_match_nothing_are_named(tiny_model_dir, split, tmp_path):
+    config = make_config(tiny_model_dir, tmp_path, split, lora={"targets": ["to_nowhere"]})
+    pipe = trainer.load_base(config.engine, torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match=r"lora.targets: \['to_nowhere'\]"):
+        trainer.add_lora(pipe, config)
