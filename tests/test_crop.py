@@ -157,10 +157,10 @@ def test_the_model_sees_the_frame_unsquashed(tiny_model_dir, region):
 
 
 def test_deterministic_and_crop_differs_from_frame(tiny_model_dir):
-    frames, masks = border_samples()
+    frames, masks = (values[1:] for values in border_samples())  # an edge and a corner
     crop = make_engine(tiny_model_dir)
-    first, again = run(crop, frames, masks, [4, 5, 6]), run(crop, frames, masks, [4, 5, 6])
-    whole = run(make_engine(tiny_model_dir, region="frame"), frames, masks, [4, 5, 6])
+    first, again = run(crop, frames, masks, [4, 5]), run(crop, frames, masks, [4, 5])
+    whole = run(make_engine(tiny_model_dir, region="frame"), frames, masks, [4, 5])
     for a, b, c, mask in zip(first, again, whole, masks):
         assert np.array_equal(a, b)
         assert not np.array_equal(a[mask > 0], c[mask > 0])
@@ -171,18 +171,18 @@ def test_batches_mixing_window_sizes_match_one_at_a_time(tiny_model_dir):
     settings = {"crop_resolution": 64, "crop_min": 48, "mask_dilation": 2, "mask_feather": 2}
     frame = kvasir_frame(6)
     shape = frame.shape[:2]
-    places = [((60, 60), 10), ((150, 130), 70), ((250, 60), 12), ((100, 180), 60), ((200, 200), 9)]
+    places = [((60, 60), 10), ((150, 130), 70), ((250, 60), 12), ((100, 180), 60)]
     masks = [lesion(shape, c, s, index=i) for i, (c, s) in enumerate(places)]
     frames = [frame] * len(masks)
     batched = make_engine(tiny_model_dir, batch_size=4, **settings)
     sides = [batched.working_side(batched.window(m)) for m in masks]
-    assert sides == [64, 128, 64, 128, 64]
-    mixed = run(batched, frames, masks, [20, 21, 22, 23, 24])
+    assert sides == [64, 128, 64, 128]
+    mixed = run(batched, frames, masks, [20, 21, 22, 23])
     overlapped = run(make_engine(tiny_model_dir, batch_size=4, overlap_cpu=True, **settings), frames, masks,
-                     [20, 21, 22, 23, 24])  # CPU stages on a helper thread: the very same pixels
+                     [20, 21, 22, 23])  # CPU stages on a helper thread: the very same pixels
     assert all(np.array_equal(a, b) for a, b in zip(mixed, overlapped))
     one_by_one = make_engine(tiny_model_dir, batch_size=1, **settings)
-    for mask, seed, out in zip(masks, [20, 21, 22, 23, 24], mixed):
+    for mask, seed, out in zip(masks, [20, 21, 22, 23], mixed):
         alone = run(one_by_one, [frame], [mask], [seed])[0]
         assert np.abs(out.astype(int) - alone.astype(int)).max() <= 2
         assert not np.array_equal(out[mask > 0], frame[mask > 0])
