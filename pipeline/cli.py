@@ -147,7 +147,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     from pipeline.gate.reference import build_reference
 
     extractor = make_extractor(args.extractor, args.inception_path, args.device)
-    reference = build_reference(args.images, extractor, args.masks, args.negatives, args.limit)
+    reference = build_reference(args.images, extractor, args.masks, args.negatives, args.limit, split=args.split)
     reference.save(args.out)
     print(json.dumps(reference.identity.model_dump(mode="json")))
     return 0
@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, help="reference folder to write")
     build.add_argument("--extractor", choices=("efficientnet-lite0", "efficientnet-lite2", "inception"),
                        default="efficientnet-lite0")
+    build.add_argument("--split", help="file of the image ids to use (e.g. a training split), one per line")
     build.add_argument("--limit", type=_count, help="use the first N images (sorted by name)")
 
     quality = command("quality", lambda a: 0, "set-level figures of any image folder")

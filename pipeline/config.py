@@ -152,6 +152,7 @@ class GateReferenceConfig(_Section):
     images: str | None = Field(None, description="folder of real polyp images to build the reference from")
     masks: str | None = Field(None, description="their masks (same file stems): lesion crops and the probe")
     negatives: str | None = Field(None, description="polyp-free frames: the probe's negative class")
+    split: str | None = Field(None, description="file of the image ids (file stems) to use, one per line")
     limit: int | None = Field(None, gt=0, description="use at most this many images (sorted by name)")
 
 
@@ -171,7 +172,8 @@ class GateConfig(_Section):
     saturated_fraction_max: float | None = Field(0.3, description="fraction of pixels with a channel at 0 or 255 "
                                                                   "inside the field of view")
     lesion_score_min: float | None = Field(0.5, description="probe probability of a polyp in the label's crop")
-    realism_min: float | None = Field(0.7, description="k-NN realism score against the reference (1 = inside it)")
+    realism_min: float | None = Field(0.85, description="k-NN realism score of the label's crop against the "
+                                                       "reference's lesion crops (1 = inside them)")
     duplicate_similarity_max: float | None = Field(0.995, description="cosine similarity of features to another sample")
     segmenter: str | None = Field(None, description="segmentation checkpoint (polyp-synth train, on real data): "
                                                     "turns on the label_mismatch check")
@@ -179,7 +181,7 @@ class GateConfig(_Section):
                                                          "(checked only with gate.segmenter)")
     nearest_k: int = Field(5, gt=0, description="k of the k-NN balls (precision/recall/density/coverage, realism)")
     # per shard and per run
-    shard_kid_max: float | None = Field(None, description="a shard whose KID exceeds this is rejected whole")
+    shard_kid_max: float | None = Field(0.05, description="a shard whose lesion-crop KID exceeds this is rejected whole")
     run_kid_max: float | None = Field(None, description="the run fails when the KID of its samples exceeds this")
     run_fid_max: float | None = None
     run_precision_min: float | None = None

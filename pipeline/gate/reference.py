@@ -96,11 +96,18 @@ class Reference:
         return metrics.Manifold.of(self.crops if view == "crop" else self.images, self.nearest_k)
 
 
-def image_files(folder: str, limit: int | None = None) -> list[str]:
-    """Image URLs directly in a folder, sorted by name, the first `limit` of them."""
+def image_files(folder: str, limit: int | None = None, split: str | None = None) -> list[str]:
+    """Image URLs directly in a folder, sorted by name, only the ids (file stems) listed in `split`
+    when given, the first `limit` of them."""
     names = [n for n in storage.list_names(folder) if n.lower().endswith(IMAGE_SUFFIXES)]
+    if split is not None:
+        try:
+            wanted = set(storage.read_bytes(split).decode().split())
+        except (FileNotFoundError, OSError, UnicodeDecodeError) as exc:
+            raise GateError(f"{split}: cannot read the split file ({exc})") from None
+        names = [n for n in names if Path(n).stem in wanted]
     if not names:
-        raise GateError(f"{folder}: no images (*.jpg, *.jpeg, *.png) there")
+        raise GateError(f"{folder}: no images (*.jpg, *.jpeg, *.png){' of ' + split if split else ''} there")
     return [storage.join(folder, n) for n in names[:limit]]
 
 
@@ -151,13 +158,13 @@ def folder_features(folder: str, extractor: Extractor, limit: int | None = None,
 
 
 def build_reference(images: str, extractor: Extractor, masks: str | None = None, negatives: str | None = None,
-                    limit: int | None = None, seed: int = 0, nearest_k: int = 5) -> Reference:
+                    limit: int | None = None, seed: int = 0, nearest_k: int = 5, split: str | None = None) -> Reference:
     """Features (and crops, and a probe) of real polyp images; see the module docstring."""
     if negatives and not masks:
         raise GateError("--negatives needs --masks: the probe learns lesion crops against polyp-free crops")
     content = hashlib.sha256()
     pictures, crops = [], []
-    urls = image_files(images, limit)
+    urls = image_files(images, limit, split)
     for url in progress_bar(urls, "reference images", len(urls), unit="images"):
         image, data = _load(url)
         content.update(hashlib.sha256(data).digest())
@@ -187,7 +194,7 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         log.info("lesion probe: %d crops vs %d negative crops, training accuracy %.3f",
                  len(crops), negative_count, probe.train_accuracy)
 
-    settings = {"size": extractor.size, "limit": limit, "seed": seed, "crop_pad": 0.25,
+    settings = {"size": extractor.size, "limit": limit, "split": split, "seed": seed, "crop_pad": 0.25,
                 "negative_crop_min": NEGATIVE_CROP_SIDES[0], "negative_crop_max": NEGATIVE_CROP_SIDES[1]}
     identity = ReferenceIdentity(
         digest=hashlib.sha256(json.dumps({"content": content.hexdigest(), "extractor": extractor.name,

@@ -198,7 +198,7 @@ def load_or_build_reference(gate: GateConfig, extractor: Extractor | None = None
         log.info("building the reference %s from %s", settings.path, settings.images)
         extractor = extractor or make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
         reference = build_reference(settings.images, extractor, settings.masks, settings.negatives,
-                                    settings.limit, nearest_k=gate.nearest_k)
+                                    settings.limit, nearest_k=gate.nearest_k, split=settings.split)
         reference.save(settings.path)
     if reference.identity.extractor != gate.extractor:
         raise GateError(f"{settings.path}: reference made with {reference.identity.extractor}, but "
@@ -275,7 +275,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     for index in shards:
         rows = run.shard_indices == index
         finite = rows & (scores["features_finite"] > 0)
-        kid, kid_std = metrics.kid(reference.images, run.features[finite])
+        kid, kid_std = (metrics.kid(reference.crops, run.crop_features[finite]) if reference.crops is not None
+                        else metrics.kid(reference.images, run.features[finite]))
         whole = gate.shard_kid_max is not None and (kid is None or kid > gate.shard_kid_max)
         if whole:
             for i in np.flatnonzero(rows):

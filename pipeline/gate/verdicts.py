@@ -52,6 +52,9 @@ class SetMetrics(_Record):
 
 
 class ShardVerdict(_Record):
+    """KID here is of the label crops against the reference's lesion crops (of whole images when the
+    reference has no crops): the lesion is what was generated, whatever domain the frames come from."""
+
     shard_index: int
     samples: int
     accepted: int
