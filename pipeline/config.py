@@ -62,7 +62,10 @@ class EngineConfig(_Section):
     output_resolution: int | None = Field(
         None, gt=0, description="output side length; None keeps each source frame's own size"
     )
-    scheduler: Literal["euler", "euler_a", "ddim", "dpmpp_2m", "unipc", "default"] = "euler"
+    scheduler: Literal["euler", "euler_a", "ddim", "dpmpp_2m", "unipc", "lcm", "default"] = Field(
+        "euler", description="lcm: for an LCM-distilled LoRA (4–8 steps, guidance_scale 1); changes the "
+        "pictures, so check a run with the gate before adopting it"
+    )
     steps: int = Field(30, gt=0)
     guidance_scale: float = Field(7.5, ge=0)
     strength: float = Field(0.99, gt=0, le=1)

@@ -101,7 +101,7 @@ def test_identity_records_what_decides_the_pixels(tiny_model_dir):
 @pytest.mark.parametrize(
     "name, cls",
     [("euler", "EulerDiscreteScheduler"), ("euler_a", "EulerAncestralDiscreteScheduler"), ("ddim", "DDIMScheduler"),
-     ("dpmpp_2m", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler"),
+     ("dpmpp_2m", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler"), ("lcm", "LCMScheduler"),
      ("default", "EulerDiscreteScheduler")],
 )
 def test_scheduler_names(tiny_model_dir, name, cls):

@@ -33,6 +33,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     StableDiffusionXLInpaintPipeline,
     UniPCMultistepScheduler,
 )
@@ -67,6 +68,7 @@ SCHEDULERS = {
     "ddim": DDIMScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "lcm": LCMScheduler,  # with an LCM-LoRA (engine.lora): a few steps, no CFG
 }
 # Pipelines with SDXL's components (two text encoders, text_time UNet): the inpainting pipeline loads
 # any of them; a base SDXL checkpoint gives a 4-channel UNet, which diffusers inpaints by latent blending.
