@@ -21,6 +21,7 @@ from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png
 from pipeline.core.layout import RunLayout
 from pipeline.gate.checks import CHECKS
+from pipeline.gate.metrics import fid, kid
 from pipeline.gate.reference import Reference
 from pipeline.gate.verdicts import GateMetrics, SetMetrics
 from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING
@@ -159,6 +160,11 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
                  "KID ≈ 0 means indistinguishable from the reference; a held-out real set scores about 0 "
                  "(negative values are estimator noise).</p>")
     parts.append(_figures_table([("all samples", m.run), ("accepted samples", m.accepted)]))
+    half_kid, _ = kid(reference.images[::2], reference.images[1::2])
+    parts.append(f"<p>Noise floor: the reference's two halves ({len(reference.images[1::2])} images each) are "
+                 f"at KID {_fmt(half_kid)}, FID {_fmt(fid(reference.images[::2], reference.images[1::2]))} from "
+                 "each other. FID is biased upwards below a few thousand samples; KID is the figure to trust "
+                 "at small n.</p>")
     parts.append(f"<p>Diversity (mean MS-SSIM over sampled pairs, lower = more diverse): {_fmt(m.diversity)}</p>")
     parts.append("<h2>Rejections by reason</h2><table><tr><th>reason</th><th>samples</th></tr>"
                  + "".join(f"<tr><th>{html.escape(r)}</th><td>{n}</td></tr>" for r, n in sorted(m.samples.by_reason.items()))
