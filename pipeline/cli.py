@@ -127,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary.line())
     if not summary.ok:
         return 1
+    if not config.gate.enabled:
+        log.info("gate.enabled is false: not gating %s", config.run_dir())
+        return 0
     outcome = run_gate(config.run_dir(), config, _executor(config, "gating"))
     print(outcome.line())
     return 0 if outcome.passed else 1

@@ -163,6 +163,7 @@ class GateConfig(_Section):
     """Quality gate: per-sample bounds (each failed bound is a named reason), a per-shard KID bound
     (a shard above it is rejected whole), and run-level bounds (a run outside them fails the gate)."""
 
+    enabled: bool = Field(True, description="false: `polyp-synth run` stops after generating (gate it later)")
     reference: GateReferenceConfig = GateReferenceConfig()
     extractor: Literal["efficientnet-lite0", "efficientnet-lite2", "inception"] = "efficientnet-lite0"
     inception_path: str | None = Field(None, description="folder or file of clean-fid's inception-2015-12-05.pt")
