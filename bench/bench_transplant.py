@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import cv2
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=48)
     parser.add_argument("--side", type=int, default=1024)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     cv2.setNumThreads(1)
 
     with tempfile.TemporaryDirectory() as out:
@@ -73,7 +74,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_generate(config.model_copy(update={"run_id": "bench"}), LocalExecutor())
         wall = time.perf_counter() - start
-        stages = json.load(open(RunLayout(f"{out}/bench").manifest))["timings"]["stage_seconds"]
+        stages = json.loads(Path(RunLayout(f"{out}/bench").manifest).read_text())["timings"]["stage_seconds"]
 
     n = summary.written_samples
     print(json.dumps({

@@ -207,7 +207,7 @@ def test_the_donor_outline_lands_on_the_planned_mask(library):
     lib = DonorLibrary.load(str(library))
     for label_id, index in ((TEST[0], 0), (TEST[3], 5)):
         label = kvasir_mask(label_id, (320, 320)) > 0
-        n, components = cv2.connectedComponents(label.astype(np.uint8))
+        _, components = cv2.connectedComponents(label.astype(np.uint8))
         label = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))  # the main lesion
         donor = lib.donor(index)
         map_x, map_y = lesion_maps(label, donor)
