@@ -29,7 +29,7 @@ def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
     spec = ExperimentSpec(
         real=f"{KVASIR}:train", synthetic={"kvasir": str(tmp_path / "ex")}, evals=[str(tmp_path / "ex")],
         ratios=[0, 1], seeds=1, real_n=2, out=str(tmp_path / "exp"),
-        settings=TrainSettings(size=64, epochs=1, batch_size=2),
+        settings=TrainSettings(size=32, epochs=1, batch_size=2),
     )
     results = run_experiment(spec)
     arms = {(r.trial.synthetic, r.trial.ratio, r.trial.budget): r for r in results}

@@ -95,7 +95,7 @@ def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
     assert done.value.code == 0
     ckpt = str(tmp_path / "m.safetensors")
     with pytest.raises(SystemExit) as done:
-        main(["train", "--real", str(tmp_path / "ex"), "--size", "64", "--steps", "1", "--batch-size", "2",
+        main(["train", "--real", str(tmp_path / "ex"), "--size", "32", "--steps", "1", "--batch-size", "2",
               "--out", ckpt])
     assert done.value.code == 0
     capsys.readouterr()
