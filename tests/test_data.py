@@ -40,6 +40,8 @@ def test_kvasir_folder_with_split_file_and_thresholded_jpeg_masks():
     assert set(np.unique(mask)) == {0, 255}  # JPEG noise thresholded at 127
     with pytest.raises(DataError, match="no split file"):
         resolve(f"{KVASIR}:validation")
+    with pytest.raises(DataError, match="no such data folder"):
+        resolve(f"{KVASIR}-missing:train")
     assert DataSpec.parse("s3://bucket/export") == DataSpec("s3://bucket/export")
     assert DataSpec.parse("s3://bucket/kvasir:train") == DataSpec("s3://bucket/kvasir", "train")
 

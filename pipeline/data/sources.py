@@ -68,13 +68,11 @@ class DataSpec:
 def _split_ids(spec: DataSpec) -> list[str] | None:
     if spec.split is None:
         return None
-    candidates = [spec.split] if spec.split.endswith(".txt") else [storage.join(spec.root, "splits", f"{spec.split}.txt")]
-    for url in candidates:
-        try:
-            return storage.read_bytes(url).decode().split()
-        except FileNotFoundError:
-            continue
-    raise DataError(f"{spec}: no split file {candidates[0]}")
+    url = spec.split if spec.split.endswith(".txt") else storage.join(spec.root, "splits", f"{spec.split}.txt")
+    try:
+        return storage.read_bytes(url).decode().split()
+    except FileNotFoundError:
+        raise DataError(f"{spec}: no split file {url}") from None
 
 
 def _by_stem(url: str) -> dict[str, str]:
@@ -140,6 +138,8 @@ def resolve(spec: DataSpec | str) -> list[PairRef]:
     """Pairs of any source: an export's manifest says its format; a folder with images/ is a folder."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     names = storage.list_names(spec.root)
+    if not names and "*" not in spec.root and not storage.exists(spec.root):
+        raise DataError(f"{spec.root}: no such data folder, export or file")
     if _is_export(names):
         if ExportManifest.read(spec.root).format == "folders":
             return folder_refs(spec)
