@@ -251,7 +251,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ratios {args.ratios!r}: expected numbers separated by commas, e.g. 0,0.5,1,2") from None
     settings = _settings(TrainSettings, args, ("encoder", "size", "epochs", "batch_size", "lr", "workers", "device"))
     results = run_experiment(ExperimentSpec(real=args.real, synthetic=synthetic, evals=args.eval, ratios=ratios,
-                                            seeds=args.seeds, real_n=args.real_n, settings=settings, out=args.out))
+                                            seeds=args.seeds, real_n=args.real_n, settings=settings, out=args.out,
+                                            executor=args.executor))
     print(summary_markdown(summarise(results)))
     return 0
 
@@ -451,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", required=True, metavar="DIR[:SPLIT]", help="held-out real set; repeatable")
     p.add_argument("--real-n", type=_count, help="train on only the first N real ids (the low-data regime)")
     p.add_argument("--out", required=True, help="experiment folder: trials.jsonl, summary.json, table.md, plot.png")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="ray: one task per trial, a GPU each (the cluster of RAY_ADDRESS, or a local Ray)")
     for flag, kind in (("--encoder", str), ("--size", int), ("--epochs", int), ("--batch-size", int), ("--lr", float),
                        ("--workers", int), ("--device", str)):
         p.add_argument(flag, type=kind, help="as for train")

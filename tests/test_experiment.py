@@ -54,3 +54,19 @@ def test_donors_outside_the_real_subset_are_refused(tmp_path):
     check_fair("t", str(tmp_path / "shard.parquet"), {"img1", "img2", "img3"})
     with pytest.raises(TrainError, match="not among the trial's real images"):
         check_fair("t", str(tmp_path / "shard.parquet"), {"img1"})
+
+
+def test_trials_run_as_ray_tasks(tmp_path):
+    import ray
+
+    run = str(tmp_path / "run")
+    write_gated_run(run, kvasir_pairs(KVASIR, "test", 2), "ray", size=32)
+    spec = ExperimentSpec(real=f"{KVASIR}:train", synthetic={"kvasir": run}, evals=[run], ratios=[0], seeds=2,
+                          real_n=2, out=str(tmp_path / "exp"), settings=TrainSettings(size=32, epochs=1, batch_size=2),
+                          executor="ray")
+    try:
+        results = run_experiment(spec)
+    finally:
+        ray.shutdown()
+    assert [(r.trial.key, r.steps) for r in results] == [("real-r0-s0-epochs", 1), ("real-r0-s1-epochs", 1)]
+    assert (tmp_path / "exp" / "checkpoints" / "real-r0-s1-epochs.safetensors").exists()

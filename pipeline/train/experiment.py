@@ -11,6 +11,7 @@ synthetic set whose shards name their donors (`donor_id` = `<source id>/<k>`, tr
 refused unless every donor comes from those N images — otherwise the gain would measure extra real
 data. Build its donors with `--split` = those N ids (`head -n N splits/train.txt`). Every trial records
 the real ids it saw. Trials already in `trials.jsonl` are skipped: a killed experiment resumes.
+Trials run one after another here, or as Ray tasks, one per GPU, on a cluster (`executor="ray"`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.core import storage
 from pipeline.data.sources import DataSpec, PairRef, resolve
-from pipeline.errors import TrainError
+from pipeline.errors import ExecutorError, TrainError
 from pipeline.train.evaluate import evaluate
 from pipeline.train.metrics import METRICS
 from pipeline.train.segment import TrainSettings, train
@@ -75,6 +76,9 @@ class ExperimentSpec:
     real_n: int | None
     settings: TrainSettings
     out: str
+    executor: Literal["local", "ray"] = "local"  # ray: one task per trial (a GPU each on a GPU cluster)
+    ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
+    trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
 
 
 def donor_sources(files: Iterable[str]) -> set[str] | None:
@@ -138,31 +142,67 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
     steps_of_real = spec.settings.epochs * math.ceil(len(real) / spec.settings.batch_size)
     record = out / "trials.jsonl"
     done = _done(record)
-    results = []
     todo = trials(spec, steps_of_real)
-    for index, trial in enumerate(todo):
-        if trial.key in done:
-            results.append(done[trial.key])
-            continue
-        log.info("trial %d/%d: %s", index + 1, len(todo), trial.key)
-        settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": trial.ratio, "steps": trial.steps})
-        checkpoint = out / "checkpoints" / f"{trial.key}.safetensors"
-        trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
-                        [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
-        reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
-        result = TrialResult(
-            trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
-            steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
-            metrics={r.data: r.mean for r in reports},
-        )
+    missing = [trial for trial in todo if trial.key not in done]
+    run = _on_ray if spec.executor == "ray" else _one_after_another
+    for result in run(spec, missing, real, synthetic):
         with record.open("a") as handle:
             handle.write(result.model_dump_json() + "\n")
-        results.append(result)
+        done[result.trial.key] = result
+    results = [done[trial.key] for trial in todo]
     summary = summarise(results)
     storage.write_bytes_atomic(str(out / "summary.json"), json.dumps(summary, indent=2).encode())
     storage.write_bytes_atomic(str(out / "table.md"), summary_markdown(summary).encode())
     plot(summary, out / "plot.png")
     return results
+
+
+def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic: dict[str, list[PairRef]]) -> TrialResult:
+    """Train one arm's model (checkpoint under OUT/checkpoints/) and evaluate it on every eval set."""
+    settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": trial.ratio, "steps": trial.steps})
+    checkpoint = Path(spec.out) / "checkpoints" / f"{trial.key}.safetensors"
+    trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
+                    [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
+    reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
+    return TrialResult(
+        trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
+        steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
+        metrics={r.data: r.mean for r in reports},
+    )
+
+
+def _one_after_another(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
+                       synthetic: dict[str, list[PairRef]]) -> Iterator[TrialResult]:
+    for index, trial in enumerate(todo):
+        log.info("trial %d/%d: %s", index + 1, len(todo), trial.key)
+        yield run_trial(spec, trial, real, synthetic)
+
+
+def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
+            synthetic: dict[str, list[PairRef]]) -> Iterator[TrialResult]:
+    """One Ray task per trial, a GPU each where the cluster has GPUs (else a CPU), results as they
+    finish. OUT must be a folder every node can write (checkpoints), the data paths readable there."""
+    import ray
+
+    from pipeline.executors.ray import connect
+
+    connect(spec.ray_address)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    task = ray.remote(num_gpus=1, num_cpus=1)(run_trial) if gpus else ray.remote(num_cpus=1)(run_trial)
+    pending = {task.remote(spec, trial, real, synthetic): trial for trial in todo}
+    log.info("%d trials submitted to Ray (%s per trial)", len(pending), "a GPU" if gpus else "a CPU")
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=spec.trial_timeout_s)
+        if not ready:
+            raise ExecutorError(f"experiment: no trial finished within {spec.trial_timeout_s:.0f}s "
+                                f"({len(pending)} still running, e.g. {next(iter(pending.values())).key})")
+        trial = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            raise ExecutorError(f"experiment trial {trial.key} failed on Ray: {str(exc).splitlines()[0]}") from None
+        log.info("trial %s done (%d left)", trial.key, len(pending))
+        yield result
 
 
 def summarise(results: list[TrialResult]) -> list[dict]:
@@ -218,8 +258,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, data in zip(axes[0], sets):
         for budget in ("epochs", "steps"):
             base = [r for r in rows if r["budget"] == budget and r["synthetic"] == "real only"]
-            for name in sorted({r["synthetic"] for r in rows} - {"real only"}):
-                line = sorted(base + [r for r in rows if r["budget"] == budget and r["synthetic"] == name],
+            for name in sorted({r["synthetic"] for r in rows} - {"real only"}) or ["real only"]:
+                line = sorted(base + [r for r in rows if r["budget"] == budget and r["synthetic"] == name != "real only"],
                               key=lambda r: r["ratio"])
                 ax.errorbar([r["ratio"] for r in line], [r["metrics"][data]["dice"]["mean"] for r in line],
                             yerr=[r["metrics"][data]["dice"]["std"] for r in line], marker="o", capsize=3,
