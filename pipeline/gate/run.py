@@ -277,7 +277,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         finite = rows & (scores["features_finite"] > 0)
         kid, kid_std = (metrics.kid(reference.crops, run.crop_features[finite]) if reference.crops is not None
                         else metrics.kid(reference.images, run.features[finite]))
-        whole = gate.shard_kid_max is not None and (kid is None or kid > gate.shard_kid_max)
+        # a shard of one sample has no KID: its samples are judged one by one only
+        whole = gate.shard_kid_max is not None and kid is not None and kid > gate.shard_kid_max
         if whole:
             for i in np.flatnonzero(rows):
                 reasons[i].append("shard_kid")
