@@ -10,6 +10,7 @@ unchanged, so gating again with other bounds recomputes nothing but the cheap pa
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -72,20 +73,25 @@ class FeatureWorker:
     """Per shard: features of each image and of its label's crop, pixel scores, diversity pairs."""
 
     def __init__(self, context: RunContext):
-        gate = context.config.gate
+        self.gate = context.config.gate
         self.layout = context.layout
-        self.extractor: Extractor = make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
-        self.scorers = checks.pixel_scorers(gate)
-        self.pairs = gate.diversity_pairs
+        self.name = self.gate.extractor
+        self.scorers = checks.pixel_scorers(self.gate)
+        self.pairs = self.gate.diversity_pairs
+
+    @functools.cached_property
+    def extractor(self) -> Extractor:
+        """Loaded on the first shard not in the cache: a re-gate from the cache loads no network."""
+        return make_extractor(self.name, self.gate.inception_path, self.gate.device, self.gate.batch_size)
 
     def cache_key(self, shard_index: int) -> dict[str, Any]:
-        return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.extractor.name,
+        return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.name,
                 "scores": sorted(self.scorers), "diversity_pairs": self.pairs,
                 "scorers": {name: getattr(s, "identity", "") for name, s in sorted(self.scorers.items())}}
 
     def cached(self, shard_index: int, key: dict[str, Any]) -> bool:
         try:
-            with parquet.read_footer(self.layout.features(self.extractor.name, shard_index)) as footer:
+            with parquet.read_footer(self.layout.features(self.name, shard_index)) as footer:
                 return parquet.provenance(footer.schema_arrow).get("key") == key
         except (FileNotFoundError, OSError, KeyError, ValueError, pa.ArrowInvalid):
             return False
@@ -113,7 +119,7 @@ class FeatureWorker:
         for name, scorer in self.scorers.items():
             columns[name] = pa.array(np.asarray(scorer(samples), np.float64), pa.float64())
         diversity = _pair_ms_ssim(images, self.pairs, shard_index)
-        parquet.write(self.layout.features(self.extractor.name, shard_index), pa.table(columns),
+        parquet.write(self.layout.features(self.name, shard_index), pa.table(columns),
                       {"key": key, "diversity": diversity})
         return FeatureShardResult(shard_index, len(rows), cached=False)
 
@@ -189,14 +195,14 @@ def gate_config(run_dir: str, overrides: list[str] = ()) -> JobConfig:
     return config_from_dict(read_manifest(run_dir)["config"], f"{run_dir} (the run's config)", list(overrides))
 
 
-def load_or_build_reference(gate: GateConfig, extractor: Extractor | None = None) -> Reference:
+def load_or_build_reference(gate: GateConfig) -> Reference:
     """The configured reference; built from `gate.reference.images` when it is not there yet."""
     settings = gate.reference
     if storage.exists(storage.join(settings.path, "reference.json")) or not settings.images:
         reference = Reference.load(settings.path, gate.nearest_k)
     else:
         log.info("building the reference %s from %s", settings.path, settings.images)
-        extractor = extractor or make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
+        extractor = make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
         reference = build_reference(settings.images, extractor, settings.masks, settings.negatives,
                                     settings.limit, nearest_k=gate.nearest_k, split=settings.split)
         reference.save(settings.path)
