@@ -12,7 +12,7 @@ each comes from one policy, applied to both modes alike:
 
 FLOPs per side are counted on the real architecture (`sdxl_flops.py`).
 
-    python bench/bench_crop_flops.py --config jobs/demo.yaml
+    python bench/bench_crop_flops.py --config jobs/demo-sdxl.yaml
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 
 from sdxl_flops import full_size_configs, sample_flops, steps_run
 
@@ -41,7 +42,7 @@ def working_side(policy: str, window: Window, frame: Window, args: argparse.Name
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="jobs/demo.yaml")
+    parser.add_argument("--config", default="jobs/demo-sdxl.yaml")
     parser.add_argument("--n", type=int, help="first N samples of the plan (default: the whole job)")
     parser.add_argument("--set", action="append", default=[], help="override a job field (crop_min, …)")
     parser.add_argument("--resolution", type=int, default=1024)
@@ -51,6 +52,9 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config, args.set)
+    if config.engine.kind != "sdxl":
+        sys.exit(f"{args.config}: engine.kind is {config.engine.kind}; crop mode is the SDXL engine's "
+                 "(try jobs/demo-sdxl.yaml)")
     engine = config.engine.model_copy(update={"region": "crop"})
     unet_config, vae_config = full_size_configs()
     steps = steps_run(args.steps, engine.strength)

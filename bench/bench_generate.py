@@ -1,7 +1,7 @@
 """Generation benchmark: images/s and seconds per image split into stages, for a job config.
 
-    python bench/bench_generate.py --config jobs/demo.yaml --n 32
-    python bench/bench_generate.py --config jobs/demo.yaml --n 32 --null-model \\
+    python bench/bench_generate.py --config jobs/demo-sdxl.yaml --n 32
+    python bench/bench_generate.py --config jobs/demo-sdxl.yaml --n 32 --null-model \\
         --set engine.resolution=1024 --set engine.output_resolution=1024 --one-core
 
 `--null-model` keeps every CPU-side stage real (frame load, mask, resize to the working resolution,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -55,7 +56,7 @@ def null_model_worker(context: RunContext) -> ShardWorker:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="jobs/demo.yaml")
+    parser.add_argument("--config", default="jobs/demo-sdxl.yaml")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--null-model", action="store_true", help="measure everything but the model call")
@@ -68,6 +69,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         config = load_config(args.config, [*args.set, f"output={out}", "executor.kind=local"])
+        if config.engine.kind != "sdxl" and args.null_model:
+            sys.exit(f"{args.config}: engine.kind is {config.engine.kind}; --null-model measures the SDXL engine's "
+                     "CPU side (try jobs/demo-sdxl.yaml)")
         factory = null_model_worker if args.null_model else make_worker
         if not args.null_model:  # load + warm caches
             factory(RunContext(RunLayout(out), config, "warmup", "", pa.string()))

@@ -75,10 +75,11 @@ def cmd_donors_build(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.generate.runner import engine_inputs
     from pipeline.plan.plan import build_plan
 
     config = _job(args)
-    plan = build_plan(config, args.n)
+    plan = build_plan(config, args.n, engine_inputs=engine_inputs(config))
     url = plan.write(config.run_dir())
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
           f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, text in (
         ("generate", cmd_generate, "plan → generate → shards"),
-        ("run", cmd_run, "the whole job: generate → gate → export"),
+        ("run", cmd_run, "the whole job: generate → gate (export with `polyp-synth export`)"),
     ):
         p = command(name, fn, text)
         _job_arguments(p)

@@ -46,6 +46,13 @@ class MasksConfig(_Section):
     preset: str = "masks/default.yaml"
 
 
+_SDXL_PIXEL_SETTINGS = (
+    "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
+    "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
+    "region", "crop_context", "crop_min", "crop_resolution",
+)
+
+
 class EngineConfig(_Section):
     """SDXL inpainting settings; everything here is recorded in each shard's `engine` column."""
 
@@ -89,6 +96,11 @@ class EngineConfig(_Section):
         False, description="prepare the next batch and composite the last one on a thread while the model runs "
         "(same pixels; pays on a GPU, where the model call leaves the CPU idle)"
     )
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """Settings that decide a sample's pixels (part of its id). Batch size and device are not:
+        the same sample comes out of any batch on any device."""
+        return {key: getattr(self, key) for key in _SDXL_PIXEL_SETTINGS}
 
 
 class DonorSourceConfig(_Section):
@@ -222,9 +234,15 @@ class JobConfig(_Section):
         """Output location of this run: `<output>/<run_id>` (local path or fsspec URL)."""
         return f"{self.output.rstrip('/')}/{self.resolved_run_id()}"
 
-    def digest(self) -> str:
-        """Stable hash of the whole config, used to tell whether a plan still matches its job."""
-        return json_digest(self.model_dump())
+    def plan_digest(self) -> str:
+        """Hash of what defines the plan (seed, size, frames, prompts, masks, the engine's pixel
+        settings), to tell whether a run's plan still matches its job. Gate bounds, executor and
+        output are not in it: changing them must not orphan a run."""
+        return json_digest({
+            "seed": self.seed, "samples": self.samples, "shard_size": self.shard_size,
+            **self.model_dump(mode="json", include={"frames", "prompts", "masks"}),
+            "engine": {"kind": self.engine.kind, **self.engine.pixel_settings()},
+        })
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -61,6 +61,16 @@ def test_dated_run_id_and_digest():
     config = config_from_dict({"frames": {"source": "x"}, "run_id": "nightly-{date}"})
     assert config.resolved_run_id(datetime.date(2026, 1, 2)) == "nightly-2026-01-02"
     other = config_from_dict({"frames": {"source": "x"}, "run_id": "nightly-{date}"}, overrides=["seed=1"])
-    assert config.digest() != other.digest()
+    assert config.plan_digest() != other.plan_digest()
     stored = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))  # as run metadata stores it
-    assert config_from_dict(stored) == config and config_from_dict(stored).digest() == config.digest()
+    assert config_from_dict(stored) == config and config_from_dict(stored).plan_digest() == config.plan_digest()
+
+
+def test_plan_digest_ignores_what_does_not_define_the_plan():
+    """Tightening a gate bound, switching executor or batch size must not orphan a run's plan."""
+    base = load_config(JOBS / "demo-sdxl.yaml")
+    same = ["executor.kind=ray", "engine.batch_size=1", "engine.device=cpu", "output=elsewhere",
+            "gate.shard_kid_max=0.01", "run_id=other"]
+    assert all(load_config(JOBS / "demo-sdxl.yaml", [o]).plan_digest() == base.plan_digest() for o in same)
+    changed = ["seed=1", "samples=7", "engine.steps=9", "frames.limit=3", "masks.preset=x.yaml"]
+    assert all(load_config(JOBS / "demo-sdxl.yaml", [o]).plan_digest() != base.plan_digest() for o in changed)

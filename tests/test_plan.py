@@ -66,7 +66,7 @@ def test_write_and_read_back(tmp_path, mucosa):
     plan = build_plan(config, catalog=mucosa)
     plan.write(config.run_dir())
     back = Plan.read(config.run_dir())
-    assert back.table.equals(plan.table) and back.meta.config_digest == config.digest()
+    assert back.table.equals(plan.table) and back.meta.config_digest == config.plan_digest()
     assert back.shard_rows(1)[0]["plan_index"] == 8
 
 

@@ -110,3 +110,8 @@ def test_shards_on_s3(s3_server, table):
     assert storage.list_names(run.shard_dir) == ["shard-00000.parquet", "shard-00000.parquet.done"]
     assert shards.validate_shard(run, 0, ["id0", "id1", "id2"]).sha256 == info.sha256
     assert shards.read_shard(run.shard(0)).num_rows == 3
+
+
+def test_bytes_that_are_not_an_image_are_a_value_error_not_a_crash():
+    with pytest.raises(ValueError, match="not a decodable image"):
+        decode_png(b"garbage")

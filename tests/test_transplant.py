@@ -13,7 +13,7 @@ from pipeline.config import TransplantEngineConfig, config_from_dict
 from pipeline.core.images import decode_png
 from pipeline.core.parquet import provenance
 from pipeline.core.timing import StageTimer
-from pipeline.errors import ConfigError, DonorError
+from pipeline.errors import ConfigError, DonorError, ShardError
 from pipeline.executors.local import LocalExecutor
 from pipeline.generate.composite import repaint_region
 from pipeline.generate.runner import run_generate
@@ -283,6 +283,29 @@ def test_a_transplant_run_writes_valid_shards_with_donor_ids(tmp_path, library):
     loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "tp" / "shards" / "*.parquet"), split="train",
                                    cache_dir=str(tmp_path / "hf"))
     assert loaded[0]["image"].size == (160, 160) and loaded[0]["donor_id"] in donors
+
+
+def test_a_library_rebuilt_at_the_same_path_is_another_input(tmp_path):
+    """Sample ids cover what the library holds, not only its path: a rebuild from other images makes a
+    re-run refuse the old plan instead of mixing shards of two libraries."""
+    images, masks = bad_folder(tmp_path)
+    library = tmp_path / "lib.parquet"
+    build_donors(images, masks, str(library))
+    data = {"run_id": "rb", "seed": 1, "samples": 2, "shard_size": 2, "output": str(tmp_path / "out"),
+            "frames": {"source": str(DATA / "normal-mucosa"), "limit": 2},
+            "prompts": {"bank": f"{ROOT}/prompts/clinical.yaml"}, "masks": {"preset": f"{ROOT}/masks/default.yaml"},
+            "engine": {"kind": "transplant", "donors": str(library), "output_resolution": 96}}
+    config = config_from_dict(data)
+    assert run_generate(config, LocalExecutor()).ok
+    first_ids = Plan.read(config.run_dir()).table.column("sample_id").to_pylist()
+    (masks / f"{TRAIN[0]}.jpg").unlink()
+    (images / f"{TRAIN[0]}.jpg").unlink()
+    build_donors(images, masks, str(library))  # same path, other donors
+    with pytest.raises(ShardError, match="donor library differ"):
+        run_generate(config, LocalExecutor())
+    config = config_from_dict({**data, "output": str(tmp_path / "fresh")})
+    assert run_generate(config, LocalExecutor()).ok
+    assert set(Plan.read(config.run_dir()).table.column("sample_id").to_pylist()).isdisjoint(first_ids)
 
 
 def test_engine_kind_is_a_typed_section():

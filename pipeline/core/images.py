@@ -31,7 +31,11 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """RGB (HxWx3) or single-channel (HxW) pixels of an encoded image (PNG, JPEG, … by content);
+    ValueError when the bytes are not an image, for the caller to name where they came from."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ValueError(f"not a decodable image ({len(data)} bytes)")
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if pixels.ndim == 3 else pixels
 
 

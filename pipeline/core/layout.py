@@ -118,6 +118,25 @@ class RunLayout:
         return self.gate_file(SUCCESS_FILE)
 
 
+REFERENCE_RECORD_FILE = "reference.json"
+REFERENCE_FEATURES_FILE = "features.parquet"
+
+
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """A gate reference folder: its record (identity, probe) and its features."""
+
+    root: str
+
+    @property
+    def record(self) -> str:
+        return storage.join(self.root, REFERENCE_RECORD_FILE)
+
+    @property
+    def features(self) -> str:
+        return storage.join(self.root, REFERENCE_FEATURES_FILE)
+
+
 EXPORT_DATA_DIR = "data"
 EXPORT_IMAGE_DIR = "images"
 EXPORT_MASK_DIR = "masks"

@@ -150,9 +150,10 @@ def resolve(spec: DataSpec | str) -> list[PairRef]:
 
 
 def _decode(data: bytes, url: str, mask: bool) -> np.ndarray:
-    pixels = decode_png(data)  # OpenCV: PNG, JPEG, … by content
-    if pixels is None:
-        raise DataError(f"{url}: not a readable image")
+    try:
+        pixels = decode_png(data)  # OpenCV: PNG, JPEG, … by content
+    except ValueError:
+        raise DataError(f"{url}: not a readable image") from None
     if mask:
         gray = pixels if pixels.ndim == 2 else pixels[..., 0]
         return np.where(gray > MASK_THRESHOLD, 255, 0).astype(np.uint8)

@@ -152,8 +152,9 @@ class RayExecutor:
         log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus, settings.num_cpus_per_worker)
 
         def spawn(i: int) -> _Slot:
-            # Named (run, driver, index) so operators and tests can find a run's workers.
-            name = f"{context.run_id}/{os.getpid()}/w{i}"
+            # Named (run, stage, driver, index) so operators and tests can find a run's workers; the
+            # stage keeps a gate's actors clear of the names of generate's, which Ray frees lazily.
+            name = f"{context.run_id}/{self.description}/{os.getpid()}/w{i}"
             actor = actor_class.options(name=name, namespace=NAMESPACE).remote(factory, context)
             return _Slot(f"w{i}", actor)
 

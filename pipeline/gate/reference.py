@@ -20,6 +20,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import parquet, storage
+from pipeline.core.digests import json_digest
+from pipeline.core.layout import ReferenceLayout
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError, GateError, validation_summary
 from pipeline.gate import metrics
@@ -29,8 +31,6 @@ from pipeline.plan.frames import load_frame
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference.json"
-FEATURES_FILE = "features.parquet"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NEGATIVE_CROP_SIDES = (0.25, 0.75)  # a negative crop's side, as a fraction of the frame's shorter side
 
@@ -70,16 +70,18 @@ class Reference:
         record = ReferenceRecord(identity=self.identity, probe=self.probe)
         table = pa.table({"kind": ["image"] * len(self.images) + ["crop"] * (0 if self.crops is None else len(self.crops)),
                           "features": list(self.images) + ([] if self.crops is None else list(self.crops))})
-        parquet.write(storage.join(out, FEATURES_FILE), table, {"reference": self.identity.digest})
-        storage.write_bytes_atomic(storage.join(out, REFERENCE_FILE),
+        layout = ReferenceLayout(out)
+        parquet.write(layout.features, table, {"reference": self.identity.digest})
+        storage.write_bytes_atomic(layout.record,
                                    json.dumps(record.model_dump(mode="json"), indent=2).encode())
 
     @classmethod
     def load(cls, path: str, nearest_k: int = 5) -> Reference:
-        record_url = storage.join(path, REFERENCE_FILE)
+        layout = ReferenceLayout(path)
+        record_url = layout.record
         try:
             record = ReferenceRecord.model_validate_json(storage.read_bytes(record_url))
-            table = parquet.read(storage.join(path, FEATURES_FILE))
+            table = parquet.read(layout.features)
         except FileNotFoundError:
             raise GateError(f"{path}: no reference there; build one with `polyp-synth reference build "
                             f"--images DIR --out {path}`") from None
@@ -197,8 +199,7 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
     settings = {"size": extractor.size, "limit": limit, "split": split, "seed": seed, "crop_pad": 0.25,
                 "negative_crop_min": NEGATIVE_CROP_SIDES[0], "negative_crop_max": NEGATIVE_CROP_SIDES[1]}
     identity = ReferenceIdentity(
-        digest=hashlib.sha256(json.dumps({"content": content.hexdigest(), "extractor": extractor.name,
-                                          "settings": settings}, sort_keys=True).encode()).hexdigest()[:16],
+        digest=json_digest({"content": content.hexdigest(), "extractor": extractor.name, "settings": settings}),
         extractor=extractor.name, images=len(pictures), crops=len(crops), negatives=negative_count,
         settings=settings,
     )

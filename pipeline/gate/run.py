@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipeline.config import GateConfig, JobConfig, config_from_dict
 from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png, resize_image
-from pipeline.core.layout import RunLayout
+from pipeline.core.layout import ReferenceLayout, RunLayout
 from pipeline.core.run import RunContext
 from pipeline.errors import FrameCatalogError, GateError
 from pipeline.executors.base import Executor
@@ -38,6 +38,7 @@ from pipeline.gate.verdicts import (
     write_metrics,
 )
 from pipeline.generate.composite import repaint_region
+from pipeline.generate.manifest import RunManifest
 from pipeline.generate.shards import made_with_random_weights, read_shard
 from pipeline.plan.frames import load_frame
 
@@ -180,25 +181,15 @@ def _read_features(layout: RunLayout, extractor: str, shards: list[int]) -> RunF
     )
 
 
-def read_manifest(run_dir: str) -> dict[str, Any]:
-    layout = RunLayout(run_dir)
-    try:
-        return json.loads(storage.read_bytes(layout.manifest))
-    except FileNotFoundError:
-        raise GateError(f"{run_dir}: no {layout.manifest}; generate the run before gating it") from None
-    except (OSError, ValueError) as exc:
-        raise GateError(f"{layout.manifest}: unreadable ({exc})") from None
-
-
 def gate_config(run_dir: str, overrides: list[str] = ()) -> JobConfig:
     """The run's job config as generated, with `--set` overrides (e.g. other gate bounds)."""
-    return config_from_dict(read_manifest(run_dir)["config"], f"{run_dir} (the run's config)", list(overrides))
+    return config_from_dict(RunManifest.read(run_dir).config, f"{run_dir} (the run's config)", list(overrides))
 
 
 def load_or_build_reference(gate: GateConfig) -> Reference:
     """The configured reference; built from `gate.reference.images` when it is not there yet."""
     settings = gate.reference
-    if storage.exists(storage.join(settings.path, "reference.json")) or not settings.images:
+    if storage.exists(ReferenceLayout(settings.path).record) or not settings.images:
         reference = Reference.load(settings.path, gate.nearest_k)
     else:
         log.info("building the reference %s from %s", settings.path, settings.images)
@@ -250,8 +241,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     from pipeline.gate.report import write_report
 
     layout = RunLayout(run_dir)
-    manifest = read_manifest(run_dir)
-    shards = [entry["index"] for entry in manifest["shards"] if entry["rows"] > 0]
+    manifest = RunManifest.read(run_dir)
+    shards = [entry.index for entry in manifest.shards if entry.rows > 0]
     if not shards:
         raise GateError(f"{run_dir}: no samples to gate (every shard is empty or failed)")
     storage.remove(layout.gate_success)
@@ -263,7 +254,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
             ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
             attributes_type = footer.schema_arrow.field("attributes").type
         work[index] = [{"sample_id": i} for i in ids]
-    run_id, plan_digest = manifest["run_id"], manifest["plan_digest"]
+    run_id, plan_digest = manifest.run_id, manifest.plan_digest
     context = RunContext(layout=layout, config=config, run_id=run_id, plan_digest=plan_digest,
                          attributes_type=attributes_type)
     report = executor.execute(work, context, make_feature_worker)
@@ -304,7 +295,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     if random_weights:
         log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")
     gate_metrics = GateMetrics(
-        run_id=run_id, plan_digest=plan_digest,
+        run_id=run_id, plan_digest=plan_digest, shards_digest=manifest.shards_digest(),
         gated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         passed=not failures, failures=failures, extractor=gate.extractor, reference=reference.identity,
         run=run_figures, accepted=accepted_figures,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.core import parquet, storage
 from pipeline.core.layout import RunLayout
 from pipeline.errors import GateError, validation_summary
+from pipeline.generate.manifest import RunManifest
 
 VERDICT_COLUMNS = {"sample_id": pa.string(), "shard_index": pa.int32(), "accepted": pa.bool_(),
                    "reasons": pa.list_(pa.string())}
@@ -74,6 +75,7 @@ class GateMetrics(_Record):
 
     run_id: str
     plan_digest: str
+    shards_digest: str  # of the run manifest's shard list when gated (see RunManifest.shards_digest)
     gated_at: str
     passed: bool
     failures: list[str]  # run-level bounds that failed, one readable line each
@@ -132,13 +134,10 @@ def load_gate(run_dir: str) -> GateResult:
         raise GateError(f"{layout.gate_metrics}: not a gate metrics file ({validation_summary(exc)})") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise GateError(f"{layout.gate_dir}: unreadable gate results ({exc}); run `polyp-synth gate {run_dir}`") from None
-    try:
-        manifest = json.loads(storage.read_bytes(layout.manifest))
-    except (OSError, ValueError) as exc:
-        raise GateError(f"{layout.manifest}: unreadable ({exc})") from None
-    if manifest.get("plan_digest") != metrics.plan_digest:
-        raise GateError(f"{run_dir}: gated for plan {metrics.plan_digest}, but its shards are of plan "
-                        f"{manifest.get('plan_digest')}; run `polyp-synth gate {run_dir}` again")
+    manifest = RunManifest.read(run_dir)
+    if manifest.plan_digest != metrics.plan_digest or manifest.shards_digest() != metrics.shards_digest:
+        raise GateError(f"{run_dir}: its shards changed since it was gated (plan {manifest.plan_digest}, "
+                        f"gated plan {metrics.plan_digest}); run `polyp-synth gate {run_dir}` again")
     ids = table.column("sample_id").to_pylist()
     accepted = table.column("accepted").to_pylist()
     reasons = table.column("reasons").to_pylist()

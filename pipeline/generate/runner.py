@@ -8,7 +8,6 @@ handed to the executor. The manifest and `_SUCCESS` are written last, atomically
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +22,14 @@ from pipeline.executors.base import (
     Executor,
     ShardFailure,
     WorkerFactory,
+)
+from pipeline.generate.manifest import (
+    FailedSample,
+    FailedShard,
+    RunManifest,
+    SampleTotals,
+    ShardEntry,
+    Timings,
 )
 from pipeline.generate.shards import ShardInfo, validate_shard
 from pipeline.generate.worker import make_worker
@@ -56,19 +63,32 @@ class RunSummary:
         return text
 
 
+def engine_inputs(config: JobConfig) -> dict[str, str]:
+    """Digests of what the engine reads besides frames, made ready first (a transplant job's donor
+    library is built here, once, on the driver, when it is missing and has a source)."""
+    if config.engine.kind != "transplant":
+        return {}
+    from pipeline.generate.transplant.donors import ensure_donors, library_digest
+
+    ensure_donors(config.engine)
+    return {"donors": library_digest(config.engine.donors)}
+
+
 def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     """The run's plan: reused when it was made from this job, so a re-run regenerates the same ids."""
     wanted = planned_count(config, n)
+    inputs = engine_inputs(config)
     if storage.exists(RunLayout(run_dir).plan):
         plan = Plan.read(run_dir)
-        if plan.meta.config_digest == config.digest() and plan.num_samples == wanted:
+        if (plan.meta.config_digest == config.plan_digest() and plan.num_samples == wanted
+                and plan.meta.engine_inputs == inputs):
             log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
             return plan
         raise ShardError(
-            f"{run_dir}: holds a plan of another job (config or sample count differ); "
+            f"{run_dir}: holds a plan of another job (config, sample count or donor library differ); "
             "use another run_id or output, or delete that run"
         )
-    plan = build_plan(config, n)
+    plan = build_plan(config, n, engine_inputs=inputs)
     plan.write(run_dir)
     return plan
 
@@ -79,10 +99,6 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
     run_dir = config.run_dir()
     layout = RunLayout(run_dir)
     plan = load_or_build_plan(config, run_dir, n)
-    if config.engine.kind == "transplant":  # built here, once, not by every worker
-        from pipeline.generate.transplant.donors import ensure_donors
-
-        ensure_donors(config.engine)
     swept = storage.remove_stale_temps(layout.shard_dir)
     if swept:
         log.info("removed %d temp files left by interrupted writers", swept)
@@ -96,6 +112,8 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
     todo = [index for index in plan.shard_indices if index not in done]
     log.info("%d shards planned, %d already complete, %d to generate", len(plan.shard_indices), len(done), len(todo))
 
+    if todo:  # verdicts of a run whose shards change are no longer the run's
+        storage.remove(layout.gate_success)
     context = plan.context(config, layout)
     work = {index: plan.shard_rows(index) for index in todo}
     report = executor.execute(work, context, factory) if todo else ExecutionReport()
@@ -121,23 +139,20 @@ def _write_manifest(layout: RunLayout, plan: Plan, done: dict[int, ShardInfo], r
     for result in report.results:
         for stage, seconds in result.seconds.items():
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
-    manifest = {
-        "run_id": plan.run_id,
-        "plan_digest": plan.digest,
-        "pipeline_version": __version__,
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "complete": summary.ok,
-        "samples": {"planned": summary.planned_samples, "written": summary.written_samples,
-                    "failed": summary.failed_samples},
-        "shards": [
-            {"index": i, "file": layout.shard_file(i), "rows": info.rows, "failed": len(info.failed),
-             "bytes": info.bytes, "sha256": info.sha256}
-            for i, info in sorted(done.items())
-        ],
-        "failed_samples": [{"shard_index": i, **entry} for i, info in sorted(done.items()) for entry in info.failed],
-        "failed_shards": [{"shard_index": f.shard_index, "error": f.error} for f in report.failures],
-        "timings": {"wall_seconds": round(summary.seconds, 3),
-                    "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())}},
-        "config": plan.meta.config,
-    }
-    storage.write_bytes_atomic(layout.manifest, json.dumps(manifest, indent=2).encode())
+    RunManifest(
+        run_id=plan.run_id,
+        plan_digest=plan.digest,
+        pipeline_version=__version__,
+        finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        complete=summary.ok,
+        samples=SampleTotals(planned=summary.planned_samples, written=summary.written_samples,
+                             failed=summary.failed_samples),
+        shards=[ShardEntry(index=i, file=layout.shard_file(i), rows=info.rows, failed=len(info.failed),
+                           bytes=info.bytes, sha256=info.sha256) for i, info in sorted(done.items())],
+        failed_samples=[FailedSample(shard_index=i, **entry) for i, info in sorted(done.items())
+                        for entry in info.failed],
+        failed_shards=[FailedShard(shard_index=f.shard_index, error=f.error) for f in report.failures],
+        timings=Timings(wall_seconds=round(summary.seconds, 3),
+                        stage_seconds={k: round(v, 3) for k, v in sorted(stage_seconds.items())}),
+        config=plan.meta.config,
+    ).write(layout)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from pipeline import __version__
-from pipeline.config import AnyEngineConfig, JobConfig, TransplantEngineConfig
+from pipeline.config import JobConfig, config_from_dict
 from pipeline.core import parquet
 from pipeline.core.digests import digest, seed_from
 from pipeline.core.layout import RunLayout
@@ -41,25 +41,9 @@ from pipeline.plan.prompts.schema import PromptSample
 
 log = logging.getLogger(__name__)
 
-# Engine settings that change a sample's pixels, and therefore its identity. Batch size and device
-# are deliberately absent: the same sample comes out of any batch on any device.
-_PIXEL_SETTINGS = (
-    "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
-    "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
-    "region", "crop_context", "crop_min", "crop_resolution",
-)
-
-
 def sample_seed(run_seed: int, index: int) -> int:
     """Generator seed of sample `index`: a hash, so neighbouring samples get unrelated noise."""
     return seed_from(f"polyp-synth/{run_seed}/{index}")
-
-
-def pixel_settings(engine: AnyEngineConfig) -> dict[str, Any]:
-    """The engine settings that are part of every sample's identity."""
-    if isinstance(engine, TransplantEngineConfig):
-        return engine.pixel_settings()
-    return {key: getattr(engine, key) for key in _PIXEL_SETTINGS}
 
 
 def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, seed: int, engine_json: str) -> str:
@@ -106,6 +90,11 @@ class PlanMeta(BaseModel):
     prompt_bank: InputInfo
     mask_preset: InputInfo
     pipeline_version: str
+    engine_inputs: dict[str, str] = {}  # digests of what the engine reads besides frames (its donor library)
+
+    def job(self) -> JobConfig:
+        """The job config the plan was made from, typed again."""
+        return config_from_dict(self.config, f"{self.run_id} (the plan's config)")
 
 
 @dataclass(frozen=True)
@@ -239,8 +228,10 @@ def _tally(decided: list[dict[str, str]]) -> dict[str, dict[str, int]]:
     return {axis: dict(sorted(counter.items())) for axis, counter in counts.items()}
 
 
-def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None) -> Plan:
-    """Turn a job config into its plan; `n` plans only the first n samples of the job."""
+def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None,
+               engine_inputs: dict[str, str] | None = None) -> Plan:
+    """Turn a job config into its plan; `n` plans only the first n samples of the job. `engine_inputs`
+    are digests of what the engine reads (a donor library): part of every sample's identity."""
     total = planned_count(config, n)
     catalog = catalog or build_catalog(
         config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
@@ -254,7 +245,7 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     decided = _frame_decided(config, catalog, bank)
     prompts = bank.sample_many(total, config.seed, [decided[frame] for frame in frames])
     masks = _sample_masks(config, preset, catalog, prompts, frames)
-    engine_json = json.dumps(pixel_settings(config.engine), sort_keys=True)
+    engine_json = json.dumps({**config.engine.pixel_settings(), **(engine_inputs or {})}, sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
     for index, (prompt, mask_json) in enumerate(zip(prompts, masks)):
@@ -275,13 +266,14 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     meta = PlanMeta(
         run_id=config.resolved_run_id(),
         config=config.model_dump(mode="json"),
-        config_digest=config.digest(),
+        config_digest=config.plan_digest(),
         frames=FramesInfo(source=catalog.source, digest=catalog.digest(), usable=len(catalog.records),
                           skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped],
                           metadata=config.frames.metadata, decided=_tally(decided)),
         prompt_bank=InputInfo(path=config.prompts.bank, digest=bank.digest()),
         mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
         pipeline_version=__version__,
+        engine_inputs=engine_inputs or {},
     )
     log.info("planned %d samples in %d shards from %d frames", total,
              -(-total // config.shard_size), len(catalog.records))

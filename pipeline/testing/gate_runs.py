@@ -8,7 +8,6 @@ source frame, which is what an ideal inpainting engine would have started from.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pipeline.core import storage
 from pipeline.core.digests import digest
 from pipeline.core.images import encode_png
 from pipeline.core.layout import RunLayout
+from pipeline.generate.manifest import RunManifest, SampleTotals, ShardEntry
 from pipeline.generate.shards import shard_table, write_shard
 
 ATTRIBUTES = pa.struct([("kind", pa.string())])
@@ -68,10 +68,12 @@ def image_run(run_dir: str, samples: list[RunSample], shard_size: int, frames_di
             })
             ids.append(sample_id)
         info = write_shard(layout, index, shard_table(rows, ATTRIBUTES), [], {"run_id": Path(run_dir).name})
-        entries.append({"index": index, "file": layout.shard_file(index), "rows": info.rows, "failed": 0,
-                        "bytes": info.bytes, "sha256": info.sha256})
-    manifest = {"run_id": Path(run_dir).name, "plan_digest": digest("\n".join(ids)), "complete": True,
-                "shards": entries, "config": {"run_id": Path(run_dir).name, "frames": {"source": frames_dir}}}
-    storage.write_bytes_atomic(layout.manifest, json.dumps(manifest).encode())
+        entries.append(ShardEntry(index=index, file=layout.shard_file(index), rows=info.rows, failed=0,
+                                  bytes=info.bytes, sha256=info.sha256))
+    RunManifest(
+        run_id=Path(run_dir).name, plan_digest=digest("\n".join(ids)), pipeline_version=__version__,
+        finished_at="", complete=True, samples=SampleTotals(planned=len(ids), written=len(ids), failed=0),
+        shards=entries, config={"run_id": Path(run_dir).name, "frames": {"source": frames_dir}},
+    ).write(layout)
     storage.write_bytes_atomic(layout.success, b"")
     return layout

@@ -5,7 +5,6 @@ It reads Parquet footers and metadata, not pixels, so it is quick on large runs 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 from pipeline.core import parquet, storage
 from pipeline.core.layout import MANIFEST_FILE, PLAN_FILE, SUCCESS_FILE, RunLayout
 from pipeline.errors import ShardError
+from pipeline.generate.manifest import RunManifest
 from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING, made_with_random_weights
 from pipeline.plan.plan import Plan
 
@@ -53,11 +53,11 @@ def summarise_run(run_dir: str) -> str:
         engine = engine or shard_engine
 
     status = "complete" if SUCCESS_FILE in names else "incomplete (run it again to resume)"
-    config = plan.meta.config
+    config = plan.meta.job()
     lines = [
         f"run        {plan.run_id}  ({run_dir})",
         f"status     {status}",
-        f"plan       {plan.num_samples} samples in {len(plan.shard_indices)} shards, seed {config['seed']}, "
+        f"plan       {plan.num_samples} samples in {len(plan.shard_indices)} shards, seed {config.seed}, "
         f"digest {plan.digest}",
         f"frames     {plan.meta.frames.usable} usable from {plan.meta.frames.source}, "
         f"{len(plan.meta.frames.skipped)} skipped",
@@ -72,9 +72,10 @@ def summarise_run(run_dir: str) -> str:
                                                "resolution", "dtype", "device", "donors", "blend", "colour_transfer")
             if engine.get(key) is not None))
     if MANIFEST_FILE in names:
-        manifest = json.loads(storage.read_bytes(layout.manifest))
-        lines.append(f"timings    {manifest['timings']['wall_seconds']}s wall; "
-                     + ", ".join(f"{k} {v}s" for k, v in manifest["timings"]["stage_seconds"].items()))
-        for failure in manifest["failed_shards"]:
-            lines.append(f"FAILED     shard {failure['shard_index']}: {failure['error']}")
+        manifest = RunManifest.read(run_dir)
+        if manifest.timings:
+            lines.append(f"timings    {manifest.timings.wall_seconds}s wall; "
+                         + ", ".join(f"{k} {v}s" for k, v in manifest.timings.stage_seconds.items()))
+        for failure in manifest.failed_shards:
+            lines.append(f"FAILED     shard {failure.shard_index}: {failure.error}")
     return "\n".join(lines)

@@ -102,11 +102,14 @@ def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:
         if not name.endswith(".parquet"):
             continue
         table = read_shard(storage.join(shard_dir, name))
-        columns = ["image", "mask", "prompt", "attributes"] + (
+        columns = ["sample_id", "image", "mask", "prompt", "attributes"] + (
             ["window"] if windows and "window" in table.column_names else [])
         for row in table.select(columns).slice(0, n - len(cells)).to_pylist():
-            cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]), caption(row),
-                              row.get("window")))
+            try:
+                image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+            except ValueError as exc:
+                raise ShardError(f"{storage.join(shard_dir, name)}: sample {row['sample_id']}: {exc}") from None
+            cells.append(tile(image, mask, caption(row), row.get("window")))
     if not cells:
         raise ShardError(f"{run_dir}: no shards to preview (is this a run directory?)")
     contact_sheet(cells, out)

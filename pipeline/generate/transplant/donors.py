@@ -238,6 +238,7 @@ def build_donors(images: str | Path, masks: str | Path, out: str, split: str | P
         "split_digest": digest(split.read_bytes()) if split else None,
         "source_ids_digest": digest("\n".join(pair.source_id for pair in pairs)),
         "padding": padding, "max_side": max_side, "pipeline_version": __version__,
+        "content_digest": digest("\n".join(f"{row['donor_id']}\t{row['source_sha256']}" for row in rows)),
     }
     parquet.write(out, table, provenance)
     log.info("donor library %s: %d lesions from %d images", out, len(rows), len(pairs))
@@ -256,6 +257,20 @@ def ensure_donors(config: TransplantEngineConfig) -> None:
     source = config.donors_source
     log.info("building the donor library %s from %s (first use)", config.donors, source.images)
     build_donors(source.images, source.masks, config.donors, source.split)
+
+
+def library_digest(url: str) -> str:
+    """What the library holds (its donors and their source images), from its footer alone: part of
+    every transplant sample's id, so a library rebuilt from other images never passes for the old one."""
+    try:
+        with parquet.read_footer(url) as footer:
+            provenance = parquet.provenance(footer.schema_arrow)
+        return str(provenance["content_digest"])
+    except FileNotFoundError:
+        raise DonorError(f"{url}: no such donor library") from None
+    except (KeyError, ValueError, OSError, pa.ArrowInvalid) as exc:
+        raise DonorError(f"{url}: not a donor library of this version ({type(exc).__name__}: {exc}); "
+                         "build it again with `polyp-synth donors build`") from None
 
 
 # -------------------------------------------------------------------------------------------- reading
