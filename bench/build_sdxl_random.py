@@ -24,7 +24,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipeline.testing.tiny_model import _scheduler, _tokenizer
+from pipeline.testing.tiny_model import sdxl_scheduler, local_tokenizer
 
 
 def text_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
@@ -57,11 +57,11 @@ def vae() -> AutoencoderKL:
 
 def build(out_dir: Path, dtype: torch.dtype, device: str) -> Path:
     with tempfile.TemporaryDirectory() as tmp, torch.device(device):
-        tokenizer = _tokenizer(Path(tmp) / "tokenizer")
+        tokenizer = local_tokenizer(Path(tmp) / "tokenizer")
         encoder, encoder_2 = text_encoders(49408)
         pipe = StableDiffusionXLInpaintPipeline(
             vae=vae(), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-            unet=unet(), scheduler=_scheduler(), add_watermarker=False,
+            unet=unet(), scheduler=sdxl_scheduler(), add_watermarker=False,
         ).to(dtype)
         pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

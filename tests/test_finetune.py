@@ -20,12 +20,12 @@ from pipeline.config import EngineConfig, config_from_dict
 from pipeline.errors import ConfigError, DataError, ModelLoadError, TrainError
 from pipeline.generate.sdxl import InpaintEngine
 from pipeline.plan.masks.preset import MaskPreset
-from pipeline.plan.masks.sampling import _log_quantile
+from pipeline.plan.masks.sampling import log_quantile, size_class_of
 from pipeline.testing.data import shared_data
 from pipeline.testing.tiny_model import build_tiny_model
 from pipeline.train.finetune import trainer
 from pipeline.train.finetune.config import FinetuneConfig
-from pipeline.train.finetune.data import load_pair, prepare_data, size_class
+from pipeline.train.finetune.data import load_pair, prepare_data
 from pipeline.train.finetune.objective import min_snr_weights, training_target
 
 KVASIR = shared_data() / "kvasir-seg"
@@ -174,7 +174,7 @@ def test_size_class_inverts_the_planner(tmp_path):
     for name, entry in preset.size_classes.items():
         low, high = entry.band
         for u in np.linspace(low, high, 7)[1:-1]:
-            assert size_class(_log_quantile(preset.area_fraction, float(u)), preset) == name
+            assert size_class_of(log_quantile(preset.area_fraction, float(u)), preset) == name
 
 
 def test_captions_carry_the_measured_size_and_known_attributes(tiny_model_dir, split, tmp_path):
@@ -185,7 +185,7 @@ def test_captions_carry_the_measured_size_and_known_attributes(tiny_model_dir, s
                        "large": ["large", "12 mm", "15 mm"], "giant": ["giant", "25 mm"]}
     for example in data.train:
         _, label = load_pair(example.image, example.mask, None)
-        size = size_class(float((label > 0).mean()), preset)
+        size = size_class_of(float((label > 0).mean()), preset)
         assert any(word in example.caption for word in bank_size_words[size]), example.caption
         assert "NBI" in example.caption or "narrow-band" in example.caption
     assert prepare_data(config).train == data.train  # seeded per image: the same captions every run
@@ -306,3 +306,14 @@ def test_lora_targets_that_match_nothing_are_named(tiny_model_dir, split, tmp_pa
     pipe = trainer.load_base(config.engine, torch.device("cpu"), torch.float32)
     with pytest.raises(ConfigError, match=r"lora.targets: \['to_nowhere'\]"):
         trainer.add_lora(pipe, config)
+
+
+def test_workers_that_do_not_fit_the_cluster_are_refused_not_awaited():
+    """Ray Train waits forever for workers no node can hold; the driver counts them first."""
+    from pipeline.train.finetune.distributed import workers_that_fit
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    assert workers_that_fit(nodes, {"CPU": 2.0, "GPU": 1}) == 2  # GPUs bound the first node; the dead one counts not
+    assert workers_that_fit(nodes, {"CPU": 2.0}) == 10
+    assert workers_that_fit(nodes, {"CPU": 32.0}) == 0

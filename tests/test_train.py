@@ -121,7 +121,9 @@ def test_label_mismatch_check_in_the_gate_registry(tmp_path):
     _, image, mask = next(read_pairs(refs[:1]))
     config = GateConfig(segmenter=str(checkpoint), device="cpu")
     scorer = checks.pixel_scorers(config)["label_iou"]
-    prediction = predict(scorer.model, image, 64, torch.device("cpu"))
+    assert "_model" not in vars(scorer)  # nothing loaded until a sample needs scoring
+    model, size, device = scorer._model
+    prediction = predict(model, image, size, device)
     assert prediction.any() and not prediction.all()  # a 1-step model still draws a boundary somewhere
     as_label = np.where(prediction, 255, 0).astype(np.uint8)
     samples = [checks.Sample(name, image, label, None, None, {})

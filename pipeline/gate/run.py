@@ -86,7 +86,8 @@ class FeatureWorker:
         return make_extractor(self.name, self.gate.inception_path, self.gate.device, self.gate.batch_size)
 
     def cache_key(self, shard_index: int) -> dict[str, Any]:
-        return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.name,
+        weights = self.gate.inception_path if self.name == "inception" else None  # another file, other features
+        return {"shard_sha256": _shard_checksum(self.layout, shard_index), "extractor": self.name, "weights": weights,
                 "scores": sorted(self.scorers), "diversity_pairs": self.pairs,
                 "scorers": {name: getattr(s, "identity", "") for name, s in sorted(self.scorers.items())}}
 

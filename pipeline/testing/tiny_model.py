@@ -62,7 +62,7 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
 
 
-def _tokenizer(folder: Path) -> CLIPTokenizer:
+def local_tokenizer(folder: Path) -> CLIPTokenizer:
     _write_tokenizer_files(folder)
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77, bos_token=BOS, eos_token=EOS, pad_token=EOS)
 
@@ -117,7 +117,7 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _scheduler() -> EulerDiscreteScheduler:
+def sdxl_scheduler() -> EulerDiscreteScheduler:
     """SDXL's own scheduler settings."""
     return EulerDiscreteScheduler(
         beta_start=0.00085,
@@ -153,7 +153,7 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
     try:
         with torch.random.fork_rng():  # leave the caller's global RNG alone
             torch.manual_seed(seed)
-            tokenizer = _tokenizer(tmp / "tokenizer-src")
+            tokenizer = local_tokenizer(tmp / "tokenizer-src")
             text_config = _text_config(tokenizer)
             pipe = StableDiffusionXLInpaintPipeline(
                 vae=_vae(),
@@ -162,7 +162,7 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
                 tokenizer=tokenizer,
                 tokenizer_2=tokenizer,
                 unet=_unet(unet_channels),
-                scheduler=_scheduler(),
+                scheduler=sdxl_scheduler(),
                 add_watermarker=False,
             )
         model_dir = tmp / "model"

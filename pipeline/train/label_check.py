@@ -8,7 +8,10 @@ below `gate.label_iou_min` when `gate.segmenter` names a checkpoint (`polyp-synt
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import torch
 
 from pipeline.core import storage
 from pipeline.core.digests import sha256_hex
@@ -24,14 +27,19 @@ class LabelIoUScorer:
     the gate's cache, so another segmenter is never answered from it."""
 
     def __init__(self, checkpoint: str, device: str = "auto"):
+        self.checkpoint, self.device_name = checkpoint, device
         self.identity = sha256_hex(storage.read_bytes(checkpoint)) if storage.exists(checkpoint) else checkpoint
-        self.model, record = load_checkpoint(checkpoint)
-        self.size = record.size
-        self.device = resolve_device(device)
-        self.model.to(self.device)
+
+    @functools.cached_property
+    def _model(self) -> tuple[torch.nn.Module, int, torch.device]:
+        """Loaded on first use: a re-gate answered from the cache never pays for the model."""
+        model, record = load_checkpoint(self.checkpoint)
+        device = resolve_device(self.device_name)
+        return model.to(device), record.size, device
 
     def score(self, image: np.ndarray, mask: np.ndarray) -> float:
-        return segment_metrics(predict(self.model, image, self.size, self.device), mask > 0).iou
+        model, size, device = self._model
+        return segment_metrics(predict(model, image, size, device), mask > 0).iou
 
     def __call__(self, samples: list) -> np.ndarray:  # gate `Sample`s: image RGB uint8, mask {0, 255}
         return np.array([self.score(s.image, s.mask) for s in samples], np.float64)

@@ -41,7 +41,7 @@ def _quantile(knots: tuple[float, ...], u: float) -> float:
     return knots[i] + (position - i) * (knots[i + 1] - knots[i])
 
 
-def _log_quantile(knots: tuple[float, ...], u: float) -> float:
+def log_quantile(knots: tuple[float, ...], u: float) -> float:
     position = u * (len(knots) - 1)
     i = min(int(position), len(knots) - 2)
     return knots[i] * (knots[i + 1] / knots[i]) ** (position - i)
@@ -49,6 +49,14 @@ def _log_quantile(knots: tuple[float, ...], u: float) -> float:
 
 def _in_band(band: Range, rng: np.random.Generator) -> float:
     return band[0] + (band[1] - band[0]) * rng.random()
+
+
+def size_class_of(area_fraction: float, preset: MaskPreset) -> str:
+    """The size class whose band of area quantiles holds this area: the inverse of how sampling turns
+    a level u in a class's band into an area, u = interp(log a, log knots, evenly spaced levels)."""
+    knots = np.log(np.asarray(preset.area_fraction))
+    u = float(np.interp(np.log(max(area_fraction, 1e-9)), knots, np.linspace(0.0, 1.0, len(knots))))
+    return _owner({name: entry.band for name, entry in preset.size_classes.items()}, u)
 
 
 def _lookup(entries: Mapping[str, Any], attributes: Mapping[str, object], key: str) -> str | None:
@@ -165,7 +173,7 @@ def sample_with_levels(
     morphology = _lookup(preset.morphologies, attributes, "morphology") or _owner(
         {name: entry.eccentricity_band for name, entry in preset.morphologies.items()}, rng.random()
     )
-    total = _log_quantile(preset.area_fraction, u_area)
+    total = log_quantile(preset.area_fraction, u_area)
 
     main, area, hull, u_ecc, u_solidity = _shape(preset, preset.morphologies[morphology], rng)
     second = preset.second_lesion

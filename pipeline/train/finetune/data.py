@@ -26,7 +26,7 @@ from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.progress import progress_bar
 from pipeline.errors import DataError
 from pipeline.plan.masks.preset import MaskPreset
-from pipeline.plan.masks.sampling import _owner
+from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.train.finetune.config import FinetuneConfig
 
@@ -141,17 +141,6 @@ def load_pair(image: str | Path, mask: str | Path, output_resolution: int | None
     return frame, label
 
 
-def size_class(area_fraction: float, preset: MaskPreset) -> str:
-    """The size class whose band of area quantiles holds this area.
-
-    The planner turns a level u in a class's band into an area by log-linear interpolation of the
-    preset's area quantiles; this is its inverse: u = interp(log a, log knots, evenly spaced levels)."""
-    knots = np.log(np.asarray(preset.area_fraction))
-    levels = np.linspace(0.0, 1.0, len(knots))
-    u = float(np.interp(np.log(max(area_fraction, 1e-9)), knots, levels))
-    return _owner({name: entry.band for name, entry in preset.size_classes.items()}, u)
-
-
 def bank_caption(bank: PromptBank, required: dict[str, str], seed: int) -> str:
     """A prompt of the bank whose attributes include `required`, drawn as the planner draws."""
     rng = np.random.default_rng(seed)
@@ -197,7 +186,7 @@ def prepare_data(config: FinetuneConfig) -> FinetuneData:
                 raise DataError(f"captions.csv: {config.captions.csv} has no caption for {stem!r} ({image})")
             caption = table[stem]
         else:
-            measured = {"size": size_class(float((label > 0).mean()), preset)}
+            measured = {"size": size_class_of(float((label > 0).mean()), preset)}
             caption = bank_caption(bank, {**measured, **config.captions.known}, seed_from(f"{config.seed}:{stem}"))
         return Example(stem, str(image), str(mask), caption, _file_sha256(image, mask))
 

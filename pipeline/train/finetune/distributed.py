@@ -44,6 +44,17 @@ def worker_count(gpus: float, max_workers: int | None) -> int:
     return max(count, 1)
 
 
+def workers_that_fit(nodes: list[dict[str, Any]], resources: dict[str, float]) -> int:
+    """How many workers asking for `resources` the alive nodes can hold at once (Ray's `ray.nodes()`)."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        total += int(min(have.get(name, 0.0) / amount for name, amount in resources.items() if amount > 0))
+    return total
+
+
 def _user_error(exc: BaseException) -> PolypSynthError | None:
     """The user error a worker raised, found in Ray Train's wrapping (worker failures, causes)."""
     seen: set[int] = set()
@@ -74,6 +85,10 @@ def finetune_on_ray(config: FinetuneConfig, data: FinetuneData | None = None) ->
     gpus = ray.cluster_resources().get("GPU", 0.0)
     workers = worker_count(gpus, executor.max_workers)
     resources = {"CPU": executor.num_cpus_per_worker, **({"GPU": 1} if gpus >= 1 else {})}
+    room = workers_that_fit(ray.nodes(), resources)
+    if room < workers:  # Ray Train would wait for them forever
+        raise ExecutorError(f"executor: {workers} fine-tuning worker(s) need {resources} each, but the cluster's "
+                            f"nodes hold {room}; lower executor.num_cpus_per_worker or executor.max_workers")
     log.info("fine-tuning on %d Ray Train worker(s) (%s)", workers, "one GPU each" if gpus >= 1 else "CPU")
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
