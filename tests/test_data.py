@@ -38,7 +38,7 @@ def test_kvasir_folder_with_split_file_and_thresholded_jpeg_masks():
     _, image, mask = next(read_pairs(refs[:1]))
     assert image.ndim == 3 and image.shape[:2] == mask.shape
     assert set(np.unique(mask)) == {0, 255}  # JPEG noise thresholded at 127
-    with pytest.raises(DataError, match="no split file"):
+    with pytest.raises(DataError, match="no such split file"):
         resolve(f"{KVASIR}:validation")
     with pytest.raises(DataError, match="no such data folder"):
         resolve(f"{KVASIR}-missing:train")

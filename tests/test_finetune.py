@@ -248,7 +248,7 @@ def _data_config(images: Path, masks: Path, output: Path) -> FinetuneConfig:
 def test_an_image_without_a_mask_is_named(tmp_path):
     images, masks = _pairs(tmp_path, TRAIN_IDS[:3])
     (masks / f"{TRAIN_IDS[1]}.jpg").unlink()
-    with pytest.raises(DataError, match=f"{TRAIN_IDS[1]}.jpg: no mask for this image"):
+    with pytest.raises(DataError, match=f"{TRAIN_IDS[1]}.jpg: no mask for it in"):
         prepare_data(_data_config(images, masks, tmp_path / "out"))
 
 

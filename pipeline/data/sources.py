@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png
+from pipeline.core.labelled import binary_label, labelled_pairs, read_split
 from pipeline.core.layout import (
     EXPORT_CARD_FILE,
     EXPORT_DATA_DIR,
@@ -32,9 +32,6 @@ from pipeline.core.layout import (
 )
 from pipeline.errors import DataError
 from pipeline.export.manifest import ExportManifest
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MASK_THRESHOLD = 127
 
 
 @dataclass(frozen=True)
@@ -65,32 +62,18 @@ class DataSpec:
         return f"{self.root}:{self.split}" if self.split else self.root
 
 
-def _split_ids(spec: DataSpec) -> list[str] | None:
+def _split_url(spec: DataSpec) -> str | None:
+    """`DIR:train` names DIR/splits/train.txt; `DIR:path/to/ids.txt` names that file."""
     if spec.split is None:
         return None
-    url = spec.split if spec.split.endswith(".txt") else storage.join(spec.root, "splits", f"{spec.split}.txt")
-    try:
-        return storage.read_bytes(url).decode().split()
-    except FileNotFoundError:
-        raise DataError(f"{spec}: no split file {url}") from None
-
-
-def _by_stem(url: str) -> dict[str, str]:
-    return {PurePosixPath(name).stem: storage.join(url, name) for name in storage.list_names(url)
-            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES}
+    return spec.split if spec.split.endswith(".txt") else storage.join(spec.root, "splits", f"{spec.split}.txt")
 
 
 def folder_refs(spec: DataSpec) -> list[PairRef]:
     """Pairs of an images/ + masks/ folder, sorted by id (or in the split file's order)."""
-    images = _by_stem(storage.join(spec.root, EXPORT_IMAGE_DIR))
-    masks = _by_stem(storage.join(spec.root, EXPORT_MASK_DIR))
-    if not images:
-        raise DataError(f"{spec.root}: no images under {EXPORT_IMAGE_DIR}/ (expected images/<id>.jpg + masks/<id>.png)")
-    ids = _split_ids(spec) or sorted(images)
-    missing = [i for i in ids if i not in images or i not in masks]
-    if missing:
-        raise DataError(f"{spec}: {len(missing)} ids without an image or mask, e.g. {missing[0]!r}")
-    return [PairRef(source=images[i], mask=masks[i], sample_id=i) for i in ids]
+    pairs = labelled_pairs(storage.join(spec.root, EXPORT_IMAGE_DIR), storage.join(spec.root, EXPORT_MASK_DIR),
+                           _split_url(spec), DataError)
+    return [PairRef(source=pair.image, mask=pair.mask, sample_id=pair.id) for pair in pairs]
 
 
 def _is_export(names: list[str]) -> bool:
@@ -127,9 +110,9 @@ def shard_refs(spec: DataSpec) -> list[PairRef]:
         except (OSError, pa.ArrowInvalid, KeyError) as exc:
             raise DataError(f"{url}: not a shard of image–mask pairs ({exc})") from None
         refs.extend(PairRef(source=url, row=row, sample_id=sample_id) for row, sample_id in enumerate(ids))
-    keep = _split_ids(spec)
-    if keep is not None:
-        wanted = set(keep)
+    split = _split_url(spec)
+    if split is not None:
+        wanted = set(read_split(split, DataError))
         refs = [ref for ref in refs if ref.sample_id in wanted]
     return refs
 
@@ -156,7 +139,7 @@ def _decode(data: bytes, url: str, mask: bool) -> np.ndarray:
         raise DataError(f"{url}: not a readable image") from None
     if mask:
         gray = pixels if pixels.ndim == 2 else pixels[..., 0]
-        return np.where(gray > MASK_THRESHOLD, 255, 0).astype(np.uint8)
+        return np.where(binary_label(gray), 255, 0).astype(np.uint8)
     if pixels.ndim == 2:
         return np.repeat(pixels[..., None], 3, axis=2)
     return pixels[..., :3]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.core.labelled import binary_label
 from pipeline.errors import GateError
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def make_extractor(name: str, inception_path: str | None = None, device: str = "
 def lesion_box(mask: np.ndarray, pad: float = 0.25) -> tuple[int, int, int, int] | None:
     """The label's bounding box grown by `pad` of its size on each side and made square (so the
     crop is not distorted when resized), clipped to the image: (x0, y0, x1, y1); None without a label."""
-    ys, xs = np.nonzero(mask > 127)
+    ys, xs = np.nonzero(binary_label(mask))
     if len(xs) == 0:
         return None
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1

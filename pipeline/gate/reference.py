@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import parquet, storage
 from pipeline.core.digests import json_digest
+from pipeline.core.labelled import (
+    LabelledPair,
+    files_by_id,
+    labelled_pairs,
+    read_split,
+)
 from pipeline.core.layout import ReferenceLayout
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError, GateError, validation_summary
@@ -31,7 +37,6 @@ from pipeline.plan.frames import load_frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NEGATIVE_CROP_SIDES = (0.25, 0.75)  # a negative crop's side, as a fraction of the frame's shorter side
 
 
@@ -99,18 +104,14 @@ class Reference:
 
 
 def image_files(folder: str, limit: int | None = None, split: str | None = None) -> list[str]:
-    """Image URLs directly in a folder, sorted by name, only the ids (file stems) listed in `split`
-    when given, the first `limit` of them."""
-    names = [n for n in storage.list_names(folder) if n.lower().endswith(IMAGE_SUFFIXES)]
-    if split is not None:
-        try:
-            wanted = set(storage.read_bytes(split).decode().split())
-        except (FileNotFoundError, OSError, UnicodeDecodeError) as exc:
-            raise GateError(f"{split}: cannot read the split file ({exc})") from None
-        names = [n for n in names if Path(n).stem in wanted]
-    if not names:
-        raise GateError(f"{folder}: no images (*.jpg, *.jpeg, *.png){' of ' + split if split else ''} there")
-    return [storage.join(folder, n) for n in names[:limit]]
+    """Image URLs directly in a folder, by id (file stem), only the ids listed in `split` when given
+    (in its order), the first `limit` of them."""
+    files = files_by_id(folder, GateError)
+    ids = read_split(split, GateError) if split is not None else sorted(files)
+    urls = [files[i] for i in ids if i in files]
+    if not urls:
+        raise GateError(f"{folder}: no images{' of ' + split if split else ''} there")
+    return urls[:limit]
 
 
 def _load(url: str) -> tuple[np.ndarray, bytes]:
@@ -119,14 +120,6 @@ def _load(url: str) -> tuple[np.ndarray, bytes]:
         return load_frame(url), data
     except FrameCatalogError as exc:
         raise GateError(str(exc)) from None
-
-
-def _mask_for(image_url: str, masks: str) -> str:
-    stem = Path(image_url).stem
-    for name in storage.list_names(masks):
-        if Path(name).stem == stem:
-            return storage.join(masks, name)
-    raise GateError(f"{masks}: no mask for {Path(image_url).name} (expected {stem}.png or .jpg)")
 
 
 def negative_crops(frame: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -166,17 +159,20 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         raise GateError("--negatives needs --masks: the probe learns lesion crops against polyp-free crops")
     content = hashlib.sha256()
     pictures, crops = [], []
-    urls = image_files(images, limit, split)
-    for url in progress_bar(urls, "reference images", len(urls), unit="images"):
-        image, data = _load(url)
+    if masks:
+        pairs = labelled_pairs(images, masks, split, GateError)[:limit]
+    else:
+        pairs = [LabelledPair(PurePosixPath(url).stem, url, "") for url in image_files(images, limit, split)]
+    for pair in progress_bar(pairs, "reference images", len(pairs), unit="images"):
+        image, data = _load(pair.image)
         content.update(hashlib.sha256(data).digest())
         pictures.append(image)
         if masks:
-            mask, mask_data = _load(_mask_for(url, masks))
+            mask, mask_data = _load(pair.mask)
             content.update(hashlib.sha256(mask_data).digest())
             crop = lesion_crop(image, mask[..., 0])
             if crop is None:
-                raise GateError(f"{_mask_for(url, masks)}: empty mask (a reference image must show its polyp)")
+                raise GateError(f"{pair.mask}: empty mask (a reference image must show its polyp)")
             crops.append(crop)
     image_features = extractor(pictures)
     crop_features = extractor(crops) if crops else None

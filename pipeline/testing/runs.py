@@ -5,7 +5,6 @@ with a run manifest and gate results in the gate's own file formats (its verdict
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -16,6 +15,7 @@ from pipeline import __version__
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest
 from pipeline.core.images import resize_image, resize_mask
+from pipeline.core.labelled import binary_label
 from pipeline.core.layout import RunLayout
 from pipeline.gate.verdicts import (
     GateMetrics,
@@ -25,6 +25,7 @@ from pipeline.gate.verdicts import (
     verdict_table,
     write_metrics,
 )
+from pipeline.generate.manifest import RunManifest, SampleTotals, ShardEntry
 from pipeline.generate.shards import shard_table, write_shard
 
 ATTRIBUTES = pa.struct([("size", pa.string())])
@@ -47,7 +48,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
     rows = []
     for index, (image_path, mask_path) in enumerate(pairs):
         image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
-        mask = np.where(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127, 255, 0).astype(np.uint8)
+        mask = np.where(binary_label(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)), 255, 0).astype(np.uint8)
         rows.append({
             "sample_id": digest(f"{run_id}/{image_path.stem}", 32), "plan_index": index,
             "shard_index": index // shard_size, "seed": index, "source_frame": str(image_path),
@@ -58,10 +59,16 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
         })
     provenance = {"run_id": run_id, "pipeline_version": __version__, "plan_digest": plan_digest,
                   "config": {"run_id": run_id}}
+    entries = []
     for shard in range(0, len(rows), shard_size):
-        chunk = rows[shard:shard + shard_size]
-        write_shard(layout, shard // shard_size, shard_table(chunk, ATTRIBUTES), [], provenance)
-    storage.write_bytes_atomic(layout.manifest, json.dumps({"plan_digest": plan_digest}).encode())
+        chunk, index = rows[shard:shard + shard_size], shard // shard_size
+        info = write_shard(layout, index, shard_table(chunk, ATTRIBUTES), [], provenance)
+        entries.append(ShardEntry(index=index, file=layout.shard_file(index), rows=info.rows, failed=0,
+                                  bytes=info.bytes, sha256=info.sha256))
+    manifest = RunManifest(run_id=run_id, plan_digest=plan_digest, pipeline_version=__version__, finished_at="",
+                           complete=True, samples=SampleTotals(planned=len(rows), written=len(rows), failed=0),
+                           shards=entries, config={"run_id": run_id})
+    manifest.write(layout)
 
     ids = [row["sample_id"] for row in rows]
     accepted = np.array([i not in rejected for i in range(len(rows))])
@@ -72,7 +79,8 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
                          density=1.0, coverage=0.9)
     reasons = [reason for i in rejected for reason in rejected[i]]
     write_metrics(layout, GateMetrics(
-        run_id=run_id, plan_digest=plan_digest, gated_at="2026-01-01T00:00:00Z", passed=passed,
+        run_id=run_id, plan_digest=plan_digest, shards_digest=manifest.shards_digest(),
+        gated_at="2026-01-01T00:00:00Z", passed=passed,
         failures=[] if passed else ["kid 0.5 above its bound 0.1"], extractor="efficientnet-lite0",
         reference=ReferenceIdentity(digest="ref", extractor="efficientnet-lite0", images=1, crops=0, negatives=0,
                                     settings={}),

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.config import EngineConfig, JobConfig
 from pipeline.core import storage
 from pipeline.core.images import decode_png
+from pipeline.core.labelled import binary_label
 from pipeline.core.layout import RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ShardError
@@ -39,7 +40,7 @@ def tile(image: np.ndarray, mask: np.ndarray, caption: str, window: list[int] | 
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     picture = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     label = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours((label > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(binary_label(label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(picture, contours, -1, _OUTLINE, 2)
     if window is not None:
         x0, y0, x1, y1 = (round(v * scale) for v in window)

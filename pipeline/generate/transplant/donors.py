@@ -37,6 +37,7 @@ from pipeline.config import TransplantEngineConfig
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.images import decode_png, encode_png, resize_image, resize_mask
+from pipeline.core.labelled import LabelledPair, binary_label, labelled_pairs
 from pipeline.core.progress import progress_bar
 from pipeline.errors import DonorError
 from pipeline.generate.transplant.warp import (
@@ -47,7 +48,6 @@ from pipeline.generate.transplant.warp import (
     smooth_profile,
 )
 from pipeline.plan.fov import detect_fov
-from pipeline.plan.frames import IMAGE_EXTENSIONS
 from pipeline.plan.masks.stats import SPECK_FRACTION, mask_stats
 from pipeline.plan.modality import detect_modality
 
@@ -89,53 +89,9 @@ def mucosa_stats(rgb_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------- building
 
 
-@dataclass(frozen=True)
-class _Pair:
-    source_id: str
-    image: Path
-    mask: Path
-
-
-def _find(folder: Path, source_id: str) -> Path | None:
-    for suffix in IMAGE_EXTENSIONS:
-        path = folder / f"{source_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def _pairs(images: Path, masks: Path, split: Path | None) -> list[_Pair]:
-    """(id, image, mask) of every id to use; any missing file is a `DonorError` naming it."""
-    for folder, what in ((images, "image"), (masks, "mask")):
-        if not folder.is_dir():
-            raise DonorError(f"{folder}: no such {what} folder")
-    if split is None:
-        ids = sorted(p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not ids:
-            raise DonorError(f"{images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    else:
-        try:
-            ids = list(dict.fromkeys(line.strip() for line in split.read_text().splitlines() if line.strip()))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DonorError(f"{split}: cannot read the split file ({type(exc).__name__}: {exc})") from None
-        if not ids:
-            raise DonorError(f"{split}: the split file lists no ids")
-    pairs = []
-    for source_id in ids:
-        image = _find(images, source_id)
-        if image is None:
-            where = f" (listed in {split})" if split else ""
-            raise DonorError(f"{images / source_id}.*: no image for id {source_id}{where}")
-        mask = _find(masks, source_id)
-        if mask is None:
-            raise DonorError(f"{image}: no mask for it in {masks} (expected {source_id}.png or .jpg)")
-        pairs.append(_Pair(source_id, image, mask))
-    return pairs
-
-
-def _decode(path: Path, flags: int) -> tuple[np.ndarray, bytes]:
+def _decode(path: str, flags: int) -> tuple[np.ndarray, bytes]:
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except OSError as exc:
         raise DonorError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -144,7 +100,7 @@ def _decode(path: Path, flags: int) -> tuple[np.ndarray, bytes]:
     return pixels, data
 
 
-def _lesions(pair: _Pair, padding: float, max_side: int) -> list[dict[str, Any]]:
+def _lesions(pair: LabelledPair, padding: float, max_side: int) -> list[dict[str, Any]]:
     """The donor rows of one labelled image (one per lesion, largest first)."""
     bgr, data = _decode(pair.image, cv2.IMREAD_COLOR)
     mask, _ = _decode(pair.mask, cv2.IMREAD_GRAYSCALE)
@@ -153,7 +109,7 @@ def _lesions(pair: _Pair, padding: float, max_side: int) -> list[dict[str, Any]]
                          f"is {bgr.shape[1]}x{bgr.shape[0]}")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     height, width = mask.shape
-    binary = (mask > 127).astype(np.uint8)
+    binary = binary_label(mask).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     keep = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= SPECK_FRACTION * binary.size]
     if not keep:
@@ -181,10 +137,10 @@ def _lesions(pair: _Pair, padding: float, max_side: int) -> list[dict[str, Any]]
             size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
             crop, lesion_mask = resize_image(crop, size), resize_mask(lesion_mask, size)
         rows.append({
-            "donor_id": f"{pair.source_id}/{number}", "source_id": pair.source_id, "source_sha256": sha,
+            "donor_id": f"{pair.id}/{number}", "source_id": pair.id, "source_sha256": sha,
             "source_width": width, "source_height": height,
-            "image": {"bytes": encode_png(crop), "path": f"{pair.source_id}-{number}.png"},
-            "mask": {"bytes": encode_png(lesion_mask), "path": f"{pair.source_id}-{number}_mask.png"},
+            "image": {"bytes": encode_png(crop), "path": f"{pair.id}-{number}.png"},
+            "mask": {"bytes": encode_png(lesion_mask), "path": f"{pair.id}-{number}_mask.png"},
             "crop_box": [x0, y0, x1, y1], "bbox": [x, y, x + w, y + h],
             "area_fraction": shape["area_fraction"], "solidity": shape["solidity"],
             "eccentricity": shape["eccentricity"],
@@ -220,11 +176,7 @@ class BuildSummary:
 def build_donors(images: str | Path, masks: str | Path, out: str, split: str | Path | None = None,
                  padding: float = PADDING, max_side: int = MAX_SIDE, workers: int = 4) -> BuildSummary:
     """Cut every lesion of the (split's) labelled images into a donor library at `out` (Parquet)."""
-    images, masks = Path(images), Path(masks)
-    split = Path(split) if split is not None else None
-    if split is not None and not split.is_file():
-        raise DonorError(f"{split}: no such split file")
-    pairs = _pairs(images, masks, split)
+    pairs = labelled_pairs(str(images), str(masks), str(split) if split is not None else None, DonorError)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and OpenCV release the GIL
         results = progress_bar(pool.map(lambda pair: _lesions(pair, padding, max_side), pairs), "cutting donors",
                                total=len(pairs), unit="images")
@@ -235,8 +187,8 @@ def build_donors(images: str | Path, masks: str | Path, out: str, split: str | P
     provenance = {
         "kind": "donor-library", "images": str(images), "masks": str(masks),
         "split": str(split) if split else None,
-        "split_digest": digest(split.read_bytes()) if split else None,
-        "source_ids_digest": digest("\n".join(pair.source_id for pair in pairs)),
+        "split_digest": digest(storage.read_bytes(str(split))) if split else None,
+        "source_ids_digest": digest("\n".join(pair.id for pair in pairs)),
         "padding": padding, "max_side": max_side, "pipeline_version": __version__,
         "content_digest": digest("\n".join(f"{row['donor_id']}\t{row['source_sha256']}" for row in rows)),
     }

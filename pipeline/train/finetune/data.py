@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.core import storage
 from pipeline.core.digests import json_digest, seed_from
 from pipeline.core.images import resize_image, resize_mask
+from pipeline.core.labelled import binary_label, labelled_pairs, read_split
 from pipeline.core.progress import progress_bar
 from pipeline.errors import DataError
 from pipeline.plan.masks.preset import MaskPreset
@@ -30,7 +32,6 @@ from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.train.finetune.config import FinetuneConfig
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CAPTION_DRAWS = 10_000  # bank draws before concluding that it cannot render the measured attributes
 
 
@@ -56,44 +57,21 @@ class FinetuneData:
         return json_digest([[e.id, e.sha256, e.caption] for e in self.train])
 
 
-def _by_stem(folder: Path, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"data.{what}: {folder} is not a folder")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in files:
-                raise DataError(f"data.{what}: {files[path.stem].name} and {path.name} in {folder} have the same id")
-            files[path.stem] = path
-    if not files:
-        raise DataError(f"data.{what}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def find_pairs(images: str, masks: str) -> dict[str, tuple[Path, Path]]:
+def find_pairs(images: str, masks: str) -> dict[str, tuple[str, str]]:
     """id -> (image, mask), sorted by id; every image must have its mask."""
-    image_files, mask_files = _by_stem(Path(images), "images"), _by_stem(Path(masks), "masks")
-    for stem, path in image_files.items():
-        if stem not in mask_files:
-            raise DataError(f"{path}: no mask for this image in {masks} (expected {stem}.png, {stem}.jpg, ...)")
-    return {stem: (path, mask_files[stem]) for stem, path in image_files.items()}
+    return {pair.id: (pair.image, pair.mask) for pair in labelled_pairs(images, masks, None, DataError)}
 
 
-def read_ids(path: str, field: str, known: dict[str, tuple[Path, Path]]) -> list[str]:
-    """The ids listed in a split file (one a line, blank lines ignored); each must name a pair."""
-    try:
-        ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{field}: cannot read split file {path} ({type(exc).__name__}: {exc})") from None
+def read_ids(path: str, field: str, known: dict[str, tuple[str, str]]) -> list[str]:
+    """The ids listed in a split file; each must name a pair."""
+    ids = read_split(path, DataError)
     for value in ids:
         if value not in known:
             raise DataError(f"{field}: {path} lists {value!r}, which has no image/mask pair")
-    if not ids:
-        raise DataError(f"{field}: {path} lists no ids")
     return ids
 
 
-def split_ids(config: FinetuneConfig, pairs: dict[str, tuple[Path, Path]]) -> tuple[list[str], list[str]]:
+def split_ids(config: FinetuneConfig, pairs: dict[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
     """(training ids, validation ids); validation frames are never trained on.
 
     Without `validation.split`, validation draws from the pairs outside the training split, or, with
@@ -129,7 +107,7 @@ def _read_image(path: str | Path, mode: str) -> np.ndarray:
 def load_pair(image: str | Path, mask: str | Path, output_resolution: int | None) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 frame and {0, 255} label, at the size the engine works at (`engine.output_resolution`)."""
     frame = _read_image(image, "RGB")
-    label = np.where(_read_image(mask, "L") > 127, 255, 0).astype(np.uint8)
+    label = np.where(binary_label(_read_image(mask, "L")), 255, 0).astype(np.uint8)
     if label.shape != frame.shape[:2]:
         raise DataError(f"{mask}: the mask is {label.shape[1]}x{label.shape[0]} but its image {image} is "
                         f"{frame.shape[1]}x{frame.shape[0]}")
@@ -163,10 +141,10 @@ def _csv_captions(path: str) -> dict[str, str]:
     return {row["id"]: row["caption"] for row in rows}
 
 
-def _file_sha256(*paths: Path) -> str:
+def _file_sha256(*urls: str) -> str:
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
+    for url in urls:
+        digest.update(storage.read_bytes(url))
     return digest.hexdigest()
 
 
