@@ -75,11 +75,10 @@ def cmd_donors_build(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.generate.runner import engine_inputs
-    from pipeline.plan.plan import build_plan
+    from pipeline.generate.runner import new_plan
 
     config = _job(args)
-    plan = build_plan(config, args.n, engine_inputs=engine_inputs(config))
+    plan = new_plan(config, args.n)
     url = plan.write(config.run_dir())
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
           f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")

@@ -19,7 +19,7 @@ from pipeline.config import config_from_dict
 from pipeline.core import parquet
 from pipeline.core.images import encode_png, resize_image
 from pipeline.core.layout import RunLayout
-from pipeline.errors import GateError
+from pipeline.errors import GateError, ShardError
 from pipeline.executors.local import LocalExecutor
 from pipeline.gate import metrics
 from pipeline.gate.features import INCEPTION_FILE, InceptionExtractor, make_extractor
@@ -200,7 +200,7 @@ def test_missing_reference_and_never_generated_run_are_one_line_errors(tmp_path)
     with pytest.raises(GateError, match="no reference there; build one with `polyp-synth reference build"):
         Reference.load(str(tmp_path / "nothing"))
     config = config_from_dict({"frames": {"source": "x"}, "gate": {"reference": {"path": str(tmp_path)}}})
-    with pytest.raises(GateError, match="generate the run before gating it"):
+    with pytest.raises(ShardError, match="manifest.json; generate the run first"):
         run_gate(str(tmp_path / "run"), config, LocalExecutor())
 
 

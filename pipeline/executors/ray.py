@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,8 +76,8 @@ def _answers(address: str, timeout_s: float) -> bool:
 def connect(address: str | None, timeout_s: float = 60.0) -> None:
     """Join the cluster (`address`, `RAY_ADDRESS`, or 'auto'); start a local Ray when there is none.
 
-    Ray's GCS client retries a silent address forever, so a named address is probed first and the
-    join itself is bounded by `timeout_s` (`executor.connect_timeout_s`).
+    Ray's GCS client retries a silent address forever, so a named address is first probed for up to
+    `timeout_s` (`executor.connect_timeout_s`): one that does not answer is a one-line error.
     """
     if ray.is_initialized():
         return
@@ -87,29 +86,14 @@ def connect(address: str | None, timeout_s: float = 60.0) -> None:
     unreachable = ExecutorError(f"{where}: no Ray cluster answers at {target!r} (waited up to {timeout_s:.0f}s)")
     if target != "auto" and not _answers(target, timeout_s):
         raise unreachable
-    outcome: list[BaseException | None] = []
-
-    def join() -> None:
-        try:
-            ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
-            outcome.append(None)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=join, name="ray-connect", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if not outcome:
-        raise unreachable
-    if outcome[0] is None:
+    try:
+        ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
         log.info("joined Ray cluster at %s", target)
-        return
-    if not isinstance(outcome[0], ConnectionError):
-        raise outcome[0]
-    if target != "auto":  # an address the user named: starting a local Ray instead would hide the mistake
-        raise unreachable from None
-    ray.init(logging_level=logging.WARNING)
-    log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
+    except ConnectionError:
+        if target != "auto":  # an address the user named: starting a local Ray instead would hide the mistake
+            raise unreachable from None
+        ray.init(logging_level=logging.WARNING)
+        log.info("no Ray cluster found; started a local one (%s)", ray.cluster_resources())
 
 
 def worker_count(config: ExecutorConfig, gpus_available: float, shards: int) -> int:

@@ -33,7 +33,7 @@ from pipeline.generate.manifest import (
 )
 from pipeline.generate.shards import ShardInfo, validate_shard
 from pipeline.generate.worker import make_worker
-from pipeline.plan.plan import Plan, build_plan, planned_count
+from pipeline.plan.plan import Plan, build_plan, frame_catalog, planned_count
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +74,28 @@ def engine_inputs(config: JobConfig) -> dict[str, str]:
     return {"donors": library_digest(config.engine.donors)}
 
 
+def new_plan(config: JobConfig, n: int | None) -> Plan:
+    """A fresh plan of the job: its frames checked first (cheap), then the engine's inputs made ready
+    (a donor library may take a minute to build), then the samples."""
+    planned_count(config, n)
+    catalog = frame_catalog(config)
+    return build_plan(config, n, catalog, engine_inputs(config))
+
+
 def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     """The run's plan: reused when it was made from this job, so a re-run regenerates the same ids."""
     wanted = planned_count(config, n)
-    inputs = engine_inputs(config)
     if storage.exists(RunLayout(run_dir).plan):
         plan = Plan.read(run_dir)
         if (plan.meta.config_digest == config.plan_digest() and plan.num_samples == wanted
-                and plan.meta.engine_inputs == inputs):
+                and plan.meta.engine_inputs == engine_inputs(config)):
             log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
             return plan
         raise ShardError(
             f"{run_dir}: holds a plan of another job (config, sample count or donor library differ); "
             "use another run_id or output, or delete that run"
         )
-    plan = build_plan(config, n, engine_inputs=inputs)
+    plan = new_plan(config, n)
     plan.write(run_dir)
     return plan
 

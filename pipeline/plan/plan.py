@@ -228,15 +228,18 @@ def _tally(decided: list[dict[str, str]]) -> dict[str, dict[str, int]]:
     return {axis: dict(sorted(counter.items())) for axis, counter in counts.items()}
 
 
+def frame_catalog(config: JobConfig) -> FrameCatalog:
+    """The job's frames, read and checked (decoding and detection release the GIL: threads)."""
+    return build_catalog(config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
+                         workers=min(8, os.cpu_count() or 1))
+
+
 def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None,
                engine_inputs: dict[str, str] | None = None) -> Plan:
     """Turn a job config into its plan; `n` plans only the first n samples of the job. `engine_inputs`
     are digests of what the engine reads (a donor library): part of every sample's identity."""
     total = planned_count(config, n)
-    catalog = catalog or build_catalog(
-        config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
-        workers=min(8, os.cpu_count() or 1),  # decoding and detection release the GIL
-    )
+    catalog = catalog or frame_catalog(config)
     bank = PromptBank.load(config.prompts.bank)
     preset = MaskPreset.load(config.masks.preset)
 
