@@ -33,14 +33,17 @@ def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
     )
     results = run_experiment(spec)
     arms = {(r.trial.synthetic, r.trial.ratio, r.trial.budget): r for r in results}
-    assert set(arms) == {(None, 0.0, "epochs"), ("kvasir", 1.0, "epochs"), ("kvasir", 1.0, "steps")}
+    assert set(arms) == {(None, 0.0, "epochs"), (None, 1.0, "compute"), ("kvasir", 1.0, "epochs"),
+                         ("kvasir", 1.0, "steps")}
     assert arms[(None, 0.0, "epochs")].steps == 1 and arms[("kvasir", 1.0, "steps")].steps == 1
+    assert arms[(None, 1.0, "compute")].steps == 2 and arms[(None, 1.0, "compute")].synthetic_per_epoch == 0
     assert arms[("kvasir", 1.0, "epochs")].steps == 2 and arms[("kvasir", 1.0, "epochs")].synthetic_per_epoch == 2
     first_two = (KVASIR / "splits" / "train.txt").read_text().split()[:2]
     assert all(r.real_ids == sorted(first_two) for r in results)
     summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
     assert {(row["synthetic"], row["budget"]) for row in summary} == {
-        ("real only", "epochs"), ("real only", "steps"), ("kvasir", "epochs"), ("kvasir", "steps")}
+        ("real only", "epochs"), ("real only", "steps"), ("real only", "compute"), ("kvasir", "epochs"),
+        ("kvasir", "steps")}
     assert "± " in (tmp_path / "exp" / "table.md").read_text() and (tmp_path / "exp" / "plot.png").stat().st_size > 0
     lines = (tmp_path / "exp" / "trials.jsonl").read_text()
     assert run_experiment(spec) == results and (tmp_path / "exp" / "trials.jsonl").read_text() == lines  # resumed
@@ -63,7 +66,7 @@ def test_trials_run_as_ray_tasks(tmp_path):
     write_gated_run(run, kvasir_pairs(KVASIR, "test", 2), "ray", size=32)
     spec = ExperimentSpec(real=f"{KVASIR}:train", synthetic={"kvasir": run}, evals=[run], ratios=[0], seeds=2,
                           real_n=2, out=str(tmp_path / "exp"), settings=TrainSettings(size=32, epochs=1, batch_size=2),
-                          executor="ray")
+                          executor="ray", ray_address="local")  # never another test's cluster
     try:
         results = run_experiment(spec)
     finally:

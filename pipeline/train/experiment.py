@@ -4,7 +4,8 @@ ratio, several seeds, evaluated on held-out real sets; mean ± std per arm, a ta
 Two budgets, because "more data" also means "more steps": at equal *epochs* each arm sees its real
 pairs the same number of times (so larger ratios train longer); at equal *steps* every arm gets the
 real-only arm's optimizer steps (so synthetic pairs replace real repetitions). A gain that only shows
-at equal epochs is compute, not data.
+at equal epochs is compute, not data — so a third, *compute* arm trains real only for as many steps
+as the synthetic arms take at each ratio (at equal epochs).
 
 Fair by construction: with `--real-n N` every trial trains on the first N ids of the real split, and a
 synthetic set whose shards name their donors (`donor_id` = `<source id>/<k>`, transplant engine) is
@@ -37,7 +38,7 @@ from pipeline.train.segment import TrainSettings, train
 
 log = logging.getLogger(__name__)
 
-Budget = Literal["epochs", "steps"]
+Budget = Literal["epochs", "steps", "compute"]
 
 
 class Trial(BaseModel):
@@ -51,6 +52,7 @@ class Trial(BaseModel):
 
     @property
     def key(self) -> str:
+        """e.g. `gated-r1-s0-epochs`; `real-r1-s0-compute` is real only, as long as ratio 1 trains."""
         return f"{self.synthetic or 'real'}-r{self.ratio:g}-s{self.seed}-{self.budget}"
 
 
@@ -108,10 +110,19 @@ def check_fair(name: str, source: str, real_ids: set[str]) -> None:
                          f"real images (e.g. {outside[0]}); build its donors from the same --real-n subset")
 
 
-def trials(spec: ExperimentSpec, steps_of_real: int) -> list[Trial]:
+def trials(spec: ExperimentSpec, n_real: int) -> list[Trial]:
+    """Per seed: real only; each synthetic set at each ratio at equal epochs and at the real-only
+    steps; real only for as many steps as each ratio takes at equal epochs (the compute control)."""
+    def steps_at(ratio: float) -> int:  # as the trainer counts: real + round(ratio · real) pairs an epoch
+        return spec.settings.epochs * math.ceil((n_real + round(ratio * n_real)) / spec.settings.batch_size)
+
+    steps_of_real = steps_at(0)
     out = []
     for seed in range(spec.seeds):
         out.append(Trial(synthetic=None, ratio=0.0, seed=seed, budget="epochs"))
+        if spec.synthetic:
+            out.extend(Trial(synthetic=None, ratio=ratio, seed=seed, budget="compute", steps=steps_at(ratio))
+                       for ratio in spec.ratios if ratio > 0)
         for name in spec.synthetic:
             for ratio in spec.ratios:
                 if ratio == 0:
@@ -139,10 +150,9 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
         for name, source in spec.synthetic.items():
             check_fair(name, source, {ref.sample_id for ref in real})
     synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
-    steps_of_real = spec.settings.epochs * math.ceil(len(real) / spec.settings.batch_size)
     record = out / "trials.jsonl"
     done = _done(record)
-    todo = trials(spec, steps_of_real)
+    todo = trials(spec, len(real))
     missing = [trial for trial in todo if trial.key not in done]
     run = _on_ray if spec.executor == "ray" else _one_after_another
     for result in run(spec, missing, real, synthetic):
@@ -159,7 +169,8 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
 
 def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic: dict[str, list[PairRef]]) -> TrialResult:
     """Train one arm's model (checkpoint under OUT/checkpoints/) and evaluate it on every eval set."""
-    settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": trial.ratio, "steps": trial.steps})
+    ratio = trial.ratio if trial.synthetic else 0.0  # a compute control's ratio names the arm it matches
+    settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": ratio, "steps": trial.steps})
     checkpoint = Path(spec.out) / "checkpoints" / f"{trial.key}.safetensors"
     trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
                     [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
@@ -207,11 +218,11 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
 
 def summarise(results: list[TrialResult]) -> list[dict]:
     """One row per arm (synthetic set, ratio, budget): mean and std over seeds of each eval metric.
-    The real-only arm serves both budgets."""
+    The real-only arm serves both the epochs and the steps budget."""
     arms: dict[tuple[str, float, str], list[TrialResult]] = {}
     for result in results:
         t = result.trial
-        budgets = ("epochs", "steps") if t.synthetic is None else (t.budget,)
+        budgets = ("epochs", "steps") if t.synthetic is None and t.budget == "epochs" else (t.budget,)
         for budget in budgets:
             arms.setdefault((t.synthetic or "real only", t.ratio, budget), []).append(result)
     rows = []
@@ -245,7 +256,8 @@ def summary_markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Dice against ratio, one line per (synthetic set, budget), error bars = std over seeds; one panel
-    per evaluation set. The real-only arm is the ratio-0 point of every line."""
+    per evaluation set. The real-only arm is the ratio-0 point of every line; a dotted line is real
+    only trained as long as each ratio (the compute control)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,6 +276,12 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.errorbar([r["ratio"] for r in line], [r["metrics"][data]["dice"]["mean"] for r in line],
                             yerr=[r["metrics"][data]["dice"]["std"] for r in line], marker="o", capsize=3,
                             linestyle="-" if budget == "epochs" else "--", label=f"{name}, equal {budget}")
+        control = sorted([r for r in rows if r["budget"] == "epochs" and r["synthetic"] == "real only"]
+                         + [r for r in rows if r["budget"] == "compute"], key=lambda r: r["ratio"])
+        if len(control) > 1:
+            ax.errorbar([r["ratio"] for r in control], [r["metrics"][data]["dice"]["mean"] for r in control],
+                        yerr=[r["metrics"][data]["dice"]["std"] for r in control], marker="s", capsize=3,
+                        linestyle=":", color="black", label="real only, as many steps as that ratio")
         ax.set_xlabel("synthetic : real ratio")
         ax.set_ylabel("Dice (mean ± std over seeds)")
         ax.set_title(data, fontsize=9)
