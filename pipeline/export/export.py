@@ -125,7 +125,7 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     plan.summary = SourceRun(
         run_dir=layout.root, run_id=run_id, samples=samples, accepted=accepted,
         exported=sum(len(rows) for rows in plan.keep), duplicates=duplicates, gate_passed=gate.passed,
-        forced=not gate.passed, gate=gate.metrics, random_weights=random_weights,
+        forced=not gate.passed, gate=gate.metrics.model_dump(mode="json"), random_weights=random_weights,
         engines=sorted(models), config=config,
     )
     return plan

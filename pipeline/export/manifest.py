@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.core import storage
 from pipeline.core.layout import ExportLayout
 from pipeline.errors import ExportError, validation_summary
-from pipeline.gate.verdicts import GateMetrics
 
 ExportFormat = Literal["parquet", "folders"]
 
@@ -41,7 +40,8 @@ class SourceRun(_Record):
     duplicates: int  # rows left out because an earlier run had their sample_id
     gate_passed: bool
     forced: bool  # exported although its gate failed (--force)
-    gate: GateMetrics  # the run's gate figures, bounds and reference
+    gate: dict[str, Any]  # the run's gate metrics.json as it was: figures, bounds, reference (kept as
+    # written, so a manifest stays readable when the gate's own format grows)
     random_weights: bool  # its shards were made with random (test) model weights
     engines: list[str]  # what made its shards: model id (SDXL), or engine kind and donor library (transplant)
     config: dict[str, Any]  # the job config the run was made with
