@@ -47,6 +47,11 @@ def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
     assert "± " in (tmp_path / "exp" / "table.md").read_text() and (tmp_path / "exp" / "plot.png").stat().st_size > 0
     lines = (tmp_path / "exp" / "trials.jsonl").read_text()
     assert run_experiment(spec) == results and (tmp_path / "exp" / "trials.jsonl").read_text() == lines  # resumed
+    other = ExperimentSpec(**{**vars(spec), "settings": TrainSettings(size=64, epochs=1, batch_size=2)})
+    with pytest.raises(TrainError, match="holds trials of another experiment"):
+        run_experiment(other)  # never answered from results trained at another size
+    (tmp_path / "exp" / "trials.jsonl").write_text(lines + lines.splitlines()[0][:40])  # killed mid-append
+    assert run_experiment(spec) == results
 
 
 def test_donors_outside_the_real_subset_are_refused(tmp_path):
@@ -54,9 +59,11 @@ def test_donors_outside_the_real_subset_are_refused(tmp_path):
                       "image": pa.array([{"bytes": b"", "path": ""}] * 2), "mask": pa.array([{"bytes": b"", "path": ""}] * 2)})
     pq.write_table(table, tmp_path / "shard.parquet")
     assert donor_sources([str(tmp_path / "shard.parquet")]) == {"img1", "img2"}
-    check_fair("t", str(tmp_path / "shard.parquet"), {"img1", "img2", "img3"})
+    check_fair("t", str(tmp_path / "shard.parquet"), {"img1", "img2", "img3"}, {"img9"})
     with pytest.raises(TrainError, match="not among the trial's real images"):
-        check_fair("t", str(tmp_path / "shard.parquet"), {"img1"})
+        check_fair("t", str(tmp_path / "shard.parquet"), {"img1"}, set())
+    with pytest.raises(TrainError, match="1 donor images are evaluation images"):  # without --real-n too
+        check_fair("t", str(tmp_path / "shard.parquet"), None, {"img2", "img7"})
 
 
 def test_trials_run_as_ray_tasks(tmp_path):

@@ -27,9 +27,10 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import storage
+from pipeline.core.digests import json_digest
 from pipeline.data.sources import DataSpec, PairRef, resolve
 from pipeline.errors import ExecutorError, TrainError
 from pipeline.train.evaluate import evaluate
@@ -60,6 +61,7 @@ class TrialResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trial: Trial
+    experiment: str = ""  # ExperimentSpec.digest(): results of another experiment are never reused
     real_ids: list[str]
     synthetic_per_epoch: int
     steps: int
@@ -82,6 +84,12 @@ class ExperimentSpec:
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
 
+    def digest(self) -> str:
+        """What a trial's result depends on besides the trial itself: data, evaluation and training
+        settings (not where or how trials run, nor how many seeds or ratios: those only add trials)."""
+        return json_digest({"real": self.real, "real_n": self.real_n, "synthetic": self.synthetic,
+                            "evals": self.evals, "settings": self.settings.model_dump(mode="json", exclude={"device"})})
+
 
 def donor_sources(files: Iterable[str]) -> set[str] | None:
     """Source image ids of the donors a synthetic set was made from; None when it names none."""
@@ -99,12 +107,19 @@ def donor_sources(files: Iterable[str]) -> set[str] | None:
     return sources if named else None
 
 
-def check_fair(name: str, source: str, real_ids: set[str]) -> None:
+def check_fair(name: str, source: str, real_ids: set[str] | None, eval_ids: set[str]) -> None:
+    """A synthetic set may not be made from an evaluation image (that leaks the test set into
+    training), nor, with `--real-n`, from a real image outside the trial's (that measures extra real
+    data, not synthesis)."""
     donors = donor_sources(sorted({ref.source for ref in resolve(source) if ref.mask is None}))
     if donors is None:
-        log.warning("synthetic set %s names no donors: fairness against --real-n cannot be checked", name)
+        log.warning("synthetic set %s names no donors: its fairness cannot be checked", name)
         return
-    outside = sorted(donors - real_ids)
+    leaked = sorted(donors & eval_ids)
+    if leaked:
+        raise TrainError(f"synthetic set {name} ({source}): {len(leaked)} donor images are evaluation images "
+                         f"(e.g. {leaked[0]}); build its donors from the training split only")
+    outside = sorted(donors - real_ids) if real_ids is not None else []
     if outside:
         raise TrainError(f"synthetic set {name} ({source}): {len(outside)} donor images are not among the trial's "
                          f"real images (e.g. {outside[0]}); build its donors from the same --real-n subset")
@@ -132,10 +147,24 @@ def trials(spec: ExperimentSpec, n_real: int) -> list[Trial]:
     return out
 
 
-def _done(path: Path) -> dict[str, TrialResult]:
+def _done(path: Path, experiment: str) -> dict[str, TrialResult]:
+    """Finished trials of this experiment; a last line cut short by a kill is dropped (it reruns)."""
     if not path.exists():
         return {}
-    results = [TrialResult.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    results = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            results.append(TrialResult.model_validate_json(line))
+        except ValidationError:
+            if number < len(lines):
+                raise TrainError(f"{path} line {number}: not a trial result; move the file away to start over") from None
+            log.warning("%s: dropping its last line, cut short (that trial runs again)", path)
+            storage.write_bytes_atomic(str(path), "".join(f"{kept}\n" for kept in lines[:-1]).encode())
+    other = [r.trial.key for r in results if r.experiment != experiment]
+    if other:
+        raise TrainError(f"{path}: holds trials of another experiment (other data, evaluation or training "
+                         f"settings, e.g. {other[0]}); use another --out, or move that file away")
     return {r.trial.key: r for r in results}
 
 
@@ -147,11 +176,12 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
         if spec.real_n > len(real):
             raise TrainError(f"--real-n {spec.real_n}: {spec.real} has only {len(real)} images")
         real = real[: spec.real_n]
-        for name, source in spec.synthetic.items():
-            check_fair(name, source, {ref.sample_id for ref in real})
+    eval_ids = {ref.sample_id for data in spec.evals for ref in resolve(DataSpec.parse(data))}
+    for name, source in spec.synthetic.items():
+        check_fair(name, source, {ref.sample_id for ref in real} if spec.real_n is not None else None, eval_ids)
     synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
     record = out / "trials.jsonl"
-    done = _done(record)
+    done = _done(record, spec.digest())
     todo = trials(spec, len(real))
     missing = [trial for trial in todo if trial.key not in done]
     run = _on_ray if spec.executor == "ray" else _one_after_another
@@ -176,7 +206,7 @@ def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic
                     [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
     reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
     return TrialResult(
-        trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
+        trial=trial, experiment=spec.digest(), real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
         steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
         metrics={r.data: r.mean for r in reports},
     )
@@ -202,18 +232,22 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
     task = ray.remote(num_gpus=1, num_cpus=1)(run_trial) if gpus else ray.remote(num_cpus=1)(run_trial)
     pending = {task.remote(spec, trial, real, synthetic): trial for trial in todo}
     log.info("%d trials submitted to Ray (%s per trial)", len(pending), "a GPU" if gpus else "a CPU")
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=spec.trial_timeout_s)
-        if not ready:
-            raise ExecutorError(f"experiment: no trial finished within {spec.trial_timeout_s:.0f}s "
-                                f"({len(pending)} still running, e.g. {next(iter(pending.values())).key})")
-        trial = pending.pop(ready[0])
-        try:
-            result = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:
-            raise ExecutorError(f"experiment trial {trial.key} failed on Ray: {str(exc).splitlines()[0]}") from None
-        log.info("trial %s done (%d left)", trial.key, len(pending))
-        yield result
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=spec.trial_timeout_s)
+            if not ready:
+                raise ExecutorError(f"experiment: no trial finished within {spec.trial_timeout_s:.0f}s "
+                                    f"({len(pending)} still running, e.g. {next(iter(pending.values())).key})")
+            trial = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                raise ExecutorError(f"experiment trial {trial.key} failed on Ray: {str(exc).splitlines()[0]}") from None
+            log.info("trial %s done (%d left)", trial.key, len(pending))
+            yield result
+    finally:  # a failure, a timeout or Ctrl-C: no trial keeps its GPU after the driver gives up
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def summarise(results: list[TrialResult]) -> list[dict]:
