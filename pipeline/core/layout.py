@@ -214,3 +214,30 @@ class FinetuneLayout:
 
     def validation_sheet(self, step: int) -> Path:
         return self.root / "validation" / f"step-{step:06d}.png"
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """The files of one experiment (`polyp-synth experiment --out`): a folder every trial can write."""
+
+    root: Path
+
+    @property
+    def trials(self) -> Path:
+        """One JSON line per finished trial: what a killed experiment resumes from."""
+        return self.root / "trials.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "table.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "plot.png"
+
+    def checkpoint(self, trial_key: str) -> Path:
+        return self.root / "checkpoints" / f"{trial_key}.safetensors"

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import storage
 from pipeline.core.digests import json_digest
+from pipeline.core.layout import ExperimentLayout
 from pipeline.data.sources import DataSpec, PairRef, resolve
 from pipeline.errors import ExecutorError, TrainError
 from pipeline.train.evaluate import evaluate
@@ -180,7 +181,8 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
     for name, source in spec.synthetic.items():
         check_fair(name, source, {ref.sample_id for ref in real} if spec.real_n is not None else None, eval_ids)
     synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
-    record = out / "trials.jsonl"
+    layout = ExperimentLayout(out)
+    record = layout.trials
     done = _done(record, spec.digest())
     todo = trials(spec, len(real))
     missing = [trial for trial in todo if trial.key not in done]
@@ -191,9 +193,9 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
         done[result.trial.key] = result
     results = [done[trial.key] for trial in todo]
     summary = summarise(results)
-    storage.write_bytes_atomic(str(out / "summary.json"), json.dumps(summary, indent=2).encode())
-    storage.write_bytes_atomic(str(out / "table.md"), summary_markdown(summary).encode())
-    plot(summary, out / "plot.png")
+    storage.write_bytes_atomic(str(layout.summary), json.dumps(summary, indent=2).encode())
+    storage.write_bytes_atomic(str(layout.table), summary_markdown(summary).encode())
+    plot(summary, layout.plot)
     return results
 
 
@@ -201,7 +203,7 @@ def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic
     """Train one arm's model (checkpoint under OUT/checkpoints/) and evaluate it on every eval set."""
     ratio = trial.ratio if trial.synthetic else 0.0  # a compute control's ratio names the arm it matches
     settings = spec.settings.model_copy(update={"seed": trial.seed, "ratio": ratio, "steps": trial.steps})
-    checkpoint = Path(spec.out) / "checkpoints" / f"{trial.key}.safetensors"
+    checkpoint = ExperimentLayout(Path(spec.out)).checkpoint(trial.key)
     trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
                     [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
     reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
