@@ -49,12 +49,7 @@ def files_by_id(folder: str, error: type[PolypSynthError], what: str = "image") 
 
 def read_split(url: str, error: type[PolypSynthError]) -> list[str]:
     """The ids a split file lists, one a line, in order, each once."""
-    try:
-        text = storage.read_bytes(url).decode("utf-8")
-    except FileNotFoundError:
-        raise error(f"{url}: no such split file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"{url}: cannot read the split file ({type(exc).__name__}: {exc})") from None
+    text = storage.read_text(url, error, "split")
     ids = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
     if not ids:
         raise error(f"{url}: the split file lists no ids")

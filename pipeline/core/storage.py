@@ -66,6 +66,17 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def read_text(url: str, error: type[Exception], what: str) -> str:
+    """A text file the user named (local path or URL); missing or unreadable is one `error` line
+    naming it and what it was for (`what`: "config", "split", …)."""
+    try:
+        return read_bytes(url).decode("utf-8")
+    except FileNotFoundError:
+        raise error(f"{url}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
+        raise error(f"{url}: cannot read the {what} file ({type(exc).__name__}: {exc})") from None
+
+
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline.core import storage
 from pipeline.errors import PolypSynthError, validation_summary
 
 M = TypeVar("M", bound=BaseModel)
@@ -33,12 +34,7 @@ class _NoDuplicateKeysLoader(yaml.SafeLoader):
 def read_mapping(path: str | Path, error: type[PolypSynthError], what: str) -> dict[str, Any]:
     """The top-level mapping of a YAML file; `what` names the file's kind in messages ("job config")."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
-        raise error(f"{path}: cannot read the {what} file ({type(exc).__name__}: {exc})") from None
+    text = storage.read_text(str(path), error, what)
     try:
         data = yaml.load(text, Loader=_NoDuplicateKeysLoader)
     except yaml.YAMLError as exc:

@@ -49,12 +49,7 @@ def detect_modality(rgb: np.ndarray, fov: FieldOfView) -> str:
 def read_frame_metadata(url: str) -> dict[str, dict[str, str]]:
     """Per-frame axis values from a CSV with a `frame` column (file name or full URI) and one column
     per prompt-bank axis; empty cells leave that axis to detection or to the bank."""
-    try:
-        text = storage.read_bytes(url).decode("utf-8")
-    except FileNotFoundError:
-        raise FrameCatalogError(f"frames.metadata: {url}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FrameCatalogError(f"frames.metadata: {url}: cannot read it ({type(exc).__name__}: {exc})") from None
+    text = storage.read_text(url, FrameCatalogError, "frames.metadata")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "frame" not in reader.fieldnames:
         raise FrameCatalogError(f"frames.metadata: {url}: needs a header with a 'frame' column and axis columns")
