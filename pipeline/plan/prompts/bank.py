@@ -141,7 +141,15 @@ class PromptBank:
         `given[i]` holds the axis values sample i's frame decides (checked with `check_given`)."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        masks = [self.check_given(values, "given") for values in given] if given is not None else [{}] * n
+        checked: dict[tuple[tuple[str, str], ...], dict[str, int]] = {}  # a plan repeats a few frames' values
+
+        def check(values: Mapping[str, str]) -> dict[str, int]:
+            key = tuple(sorted(values.items()))
+            if key not in checked:
+                checked[key] = self.check_given(values, "given")
+            return checked[key]
+
+        masks = [check(values) for values in given] if given is not None else [{}] * n
         rng = np.random.default_rng(seed)
         samples: list[PromptSample] = []
         while len(samples) < n:
