@@ -15,8 +15,9 @@ from pipeline import __version__
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest
 from pipeline.core.images import resize_image, resize_mask
-from pipeline.core.labelled import binary_label
+from pipeline.core.labelled import binary_label, labelled_pairs
 from pipeline.core.layout import RunLayout
+from pipeline.errors import DataError
 from pipeline.gate.verdicts import (
     GateMetrics,
     ReferenceIdentity,
@@ -33,8 +34,8 @@ ATTRIBUTES = pa.struct([("size", pa.string())])
 
 def kvasir_pairs(root: Path, split: str, n: int) -> list[tuple[Path, Path]]:
     """The first `n` (image, mask) paths of a Kvasir-SEG split."""
-    ids = (root / "splits" / f"{split}.txt").read_text().split()[:n]
-    return [(root / "images" / f"{i}.jpg", root / "masks" / f"{i}.jpg") for i in ids]
+    pairs = labelled_pairs(str(root / "images"), str(root / "masks"), str(root / "splits" / f"{split}.txt"), DataError)
+    return [(Path(pair.image), Path(pair.mask)) for pair in pairs[:n]]
 
 
 def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size: int = 64, shard_size: int = 4,
