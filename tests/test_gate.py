@@ -24,7 +24,7 @@ from pipeline.executors.local import LocalExecutor
 from pipeline.gate import metrics
 from pipeline.gate.features import INCEPTION_FILE, InceptionExtractor, make_extractor
 from pipeline.gate.reference import Reference, build_reference
-from pipeline.gate.run import _read_features, run_gate
+from pipeline.gate.run import _read_features, load_or_build_reference, run_gate
 from pipeline.gate.verdicts import load_gate
 from pipeline.plan.frames import load_frame
 from pipeline.testing.data import shared_data
@@ -202,6 +202,21 @@ def test_missing_reference_and_never_generated_run_are_one_line_errors(tmp_path)
     config = config_from_dict({"frames": {"source": "x"}, "gate": {"reference": {"path": str(tmp_path)}}})
     with pytest.raises(ShardError, match="manifest.json; generate the run first"):
         run_gate(str(tmp_path / "run"), config, LocalExecutor())
+
+
+def test_a_reference_built_from_another_split_or_limit_is_refused(reference_dir, tmp_path):
+    """`gate.reference.images` means "build it on first use": an edited split or limit must not keep the old one."""
+    def gate(**source):
+        source = {"path": str(reference_dir), "images": str(reference_dir.parent / "images"), **source}
+        return config_from_dict({"frames": {"source": "x"}, "gate": {"reference": source}}).gate
+
+    assert load_or_build_reference(gate(limit=60)).identity.images == 60
+    with pytest.raises(GateError, match="ref was built with limit 60 and split None, not gate.reference's limit 50"):
+        load_or_build_reference(gate(limit=50))
+    split = tmp_path / "ids.txt"
+    split.write_text("\n".join(_split("train")[:60]))
+    with pytest.raises(GateError, match=f"not gate.reference's limit 60 and split {split}; delete it to rebuild"):
+        load_or_build_reference(gate(limit=60, split=str(split)))
 
 
 class _Layers(torch.nn.Module):

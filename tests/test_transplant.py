@@ -22,6 +22,7 @@ from pipeline.generate.transplant.donors import (
     DonorTraits,
     build_donors,
     ensure_donors,
+    to_lab,
 )
 from pipeline.generate.transplant.engine import (
     TargetTraits,
@@ -35,6 +36,7 @@ from pipeline.generate.transplant.warp import (
     lesion_centre,
     radial_profile,
     reinhard,
+    spare_reflections,
 )
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.masks.stats import mask_stats
@@ -171,6 +173,11 @@ def test_a_configured_source_builds_the_library_on_first_use(tmp_path):
         "donors_source": {"images": str(images), "masks": str(masks), "split": str(split)}})
     ensure_donors(config)
     assert DonorLibrary.load(config.donors).table.column("source_id").to_pylist() == [TRAIN[1]]
+    ensure_donors(config)  # the same source: the library is kept
+    split.write_text(f"{TRAIN[2]}\n")  # an edited split must not keep the old donors
+    with pytest.raises(DonorError, match=f"donors.parquet was built from the split {split}, whose ids are not those"):
+        ensure_donors(config)
+    assert DonorLibrary.load(config.donors).table.column("source_id").to_pylist() == [TRAIN[1]]
 
 
 # --------------------------------------------------------------------------------------------- maths
@@ -200,6 +207,18 @@ def test_reinhard_matches_the_formula():
     target = (np.array([60.0, 15, 18]), np.array([6.0, 3, 6]))
     expected = (lab - source[0]) * (target[1] / source[1]) + target[0]
     assert np.allclose(reinhard(lab, source, target), expected, atol=1e-3)
+
+
+def test_colour_transfer_tints_tissue_and_leaves_reflections_white():
+    """A transfer towards less red mucosa turns a white reflection cyan unless it is spared."""
+    rgb = np.array([[[200, 90, 80], [255, 255, 255], [250, 248, 246]]], np.uint8)  # tissue, two reflections
+    lab = to_lab(rgb)
+    moved = reinhard(lab, (np.array([50.0, 30, 20]), np.ones(3)), (np.array([50.0, 10, 20]), np.ones(3)))
+    tinted = cv2.cvtColor(moved, cv2.COLOR_Lab2RGB)[0, 1] * 255
+    assert tinted[0] < tinted[2] - 20  # the reflection left alone would be cyan
+    spared = spare_reflections(lab, moved)
+    assert np.allclose(spared[0, 1:], lab[0, 1:], atol=1e-4)  # both reflections keep their colour
+    assert np.allclose(spared[0, 0], moved[0, 0])  # tissue takes the transfer
 
 
 def test_the_donor_outline_lands_on_the_planned_mask(library):

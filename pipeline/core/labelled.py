@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from pipeline.core import storage
+from pipeline.core.digests import digest
 from pipeline.errors import PolypSynthError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -54,6 +55,12 @@ def read_split(url: str, error: type[PolypSynthError]) -> list[str]:
     if not ids:
         raise error(f"{url}: the split file lists no ids")
     return ids
+
+
+def split_digest(url: str | None, error: type[PolypSynthError]) -> str | None:
+    """Identity of a split file's contents (None for no split): what a donor library or a reference
+    built on first use records, so that an edited split is noticed instead of silently kept."""
+    return digest(storage.read_text(url, error, "split")) if url is not None else None
 
 
 def labelled_pairs(images: str, masks: str, split: str | None, error: type[PolypSynthError]) -> list[LabelledPair]:

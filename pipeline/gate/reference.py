@@ -26,6 +26,7 @@ from pipeline.core.labelled import (
     files_by_id,
     labelled_pairs,
     read_split,
+    split_digest,
 )
 from pipeline.core.layout import ReferenceLayout
 from pipeline.core.progress import progress_bar
@@ -192,7 +193,8 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         log.info("lesion probe: %d crops vs %d negative crops, training accuracy %.3f",
                  len(crops), negative_count, probe.train_accuracy)
 
-    settings = {"size": extractor.size, "limit": limit, "split": split, "seed": seed, "crop_pad": 0.25,
+    settings = {"size": extractor.size, "limit": limit, "split": split,
+                "split_digest": split_digest(split, GateError), "seed": seed, "crop_pad": 0.25,
                 "negative_crop_min": NEGATIVE_CROP_SIDES[0], "negative_crop_max": NEGATIVE_CROP_SIDES[1]}
     identity = ReferenceIdentity(
         digest=json_digest({"content": content.hexdigest(), "extractor": extractor.name, "settings": settings}),

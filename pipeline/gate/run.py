@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import GateConfig, JobConfig, config_from_dict
+from pipeline.config import GateConfig, GateReferenceConfig, JobConfig, config_from_dict
 from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png, resize_image
+from pipeline.core.labelled import split_digest
 from pipeline.core.layout import ReferenceLayout, RunLayout
 from pipeline.core.run import RunContext
 from pipeline.errors import FrameCatalogError, GateError
@@ -198,10 +199,28 @@ def load_or_build_reference(gate: GateConfig) -> Reference:
         reference = build_reference(settings.images, extractor, settings.masks, settings.negatives,
                                     settings.limit, nearest_k=gate.nearest_k, split=settings.split)
         reference.save(settings.path)
+    if settings.images:
+        check_source(reference, settings)
     if reference.identity.extractor != gate.extractor:
         raise GateError(f"{settings.path}: reference made with {reference.identity.extractor}, but "
                         f"gate.extractor is {gate.extractor}; build one with that extractor")
     return reference
+
+
+def check_source(reference: Reference, settings: GateReferenceConfig) -> None:
+    """A reference built on first use stays tied to its source: an edited `split` or `limit` must not
+    silently keep the old reference (one made before split contents were recorded is held to its split's path)."""
+    built = reference.identity.settings
+    wanted = {"limit": settings.limit}
+    if "split_digest" in built:
+        wanted["split_digest"] = split_digest(settings.split, GateError)
+    else:
+        wanted["split"] = settings.split
+    changed = [key for key, value in wanted.items() if built.get(key) != value]
+    if changed:
+        raise GateError(f"gate.reference: {settings.path} was built with limit {built.get('limit')} and split "
+                        f"{built.get('split')}, not gate.reference's limit {settings.limit} and split {settings.split}; "
+                        "delete it to rebuild, or name a new gate.reference.path")
 
 
 def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:

@@ -37,11 +37,17 @@ from pipeline.config import TransplantEngineConfig
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.images import decode_png, encode_png, resize_image, resize_mask
-from pipeline.core.labelled import LabelledPair, binary_label, labelled_pairs
+from pipeline.core.labelled import (
+    LabelledPair,
+    binary_label,
+    labelled_pairs,
+    split_digest,
+)
 from pipeline.core.progress import progress_bar
 from pipeline.errors import DonorError
 from pipeline.generate.transplant.warp import (
     PROFILE_SMOOTHING,
+    SPECULAR_L,
     lab_stats,
     lesion_centre,
     radial_profile,
@@ -59,7 +65,6 @@ MAX_SIDE = 768
 """Crops are shrunk to at most this many pixels on their longer side (a lesion of up to ~500 px)."""
 _MIN_PAD = 8
 _RING_MIN = 6  # pixels: narrowest mucosa ring measured around a lesion
-_SPECULAR_L = 95.0  # Lab lightness above which a pixel is a light reflection, not mucosa colour
 
 
 def to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -82,7 +87,7 @@ def mucosa_stats(rgb_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lab mean and std of mucosa pixels (Nx3 RGB uint8), light reflections left out (unless that
     leaves almost nothing)."""
     lab = to_lab(rgb_pixels.reshape(1, -1, 3))[0]
-    matte = lab[:, 0] < _SPECULAR_L
+    matte = lab[:, 0] < SPECULAR_L
     return lab_stats(lab, matte if matte.sum() >= 16 else np.ones(len(lab), bool))
 
 
@@ -187,7 +192,7 @@ def build_donors(images: str | Path, masks: str | Path, out: str, split: str | P
     provenance = {
         "kind": "donor-library", "images": str(images), "masks": str(masks),
         "split": str(split) if split else None,
-        "split_digest": digest(storage.read_bytes(str(split))) if split else None,
+        "split_digest": split_digest(str(split) if split else None, DonorError),
         "source_ids_digest": digest("\n".join(pair.id for pair in pairs)),
         "padding": padding, "max_side": max_side, "pipeline_version": __version__,
         "content_digest": digest("\n".join(f"{row['donor_id']}\t{row['source_sha256']}" for row in rows)),
@@ -199,29 +204,48 @@ def build_donors(images: str | Path, masks: str | Path, out: str, split: str | P
 
 def ensure_donors(config: TransplantEngineConfig) -> None:
     """Build `engine.donors` from `engine.donors_source` when the library is missing; a missing library
-    without a source is an error (a misspelt path must never become a fresh library)."""
+    without a source is an error (a misspelt path must never become a fresh library), and so is a
+    library whose split is not the source's (an edited split must never keep the old donors)."""
+    source = config.donors_source
     if storage.exists(config.donors):
+        if source is not None:
+            _check_split(config.donors, source.split)
         return
-    if config.donors_source is None:
+    if source is None:
         raise DonorError(f"engine.donors: {config.donors}: no such donor library; build it with `polyp-synth "
                          "donors build --images DIR --masks DIR --split TRAIN.txt --out FILE`, or set "
                          "engine.donors_source to build it on first use")
-    source = config.donors_source
     log.info("building the donor library %s from %s (first use)", config.donors, source.images)
     build_donors(source.images, source.masks, config.donors, source.split)
 
 
-def library_digest(url: str) -> str:
-    """What the library holds (its donors and their source images), from its footer alone: part of
-    every transplant sample's id, so a library rebuilt from other images never passes for the old one."""
+def _check_split(url: str, split: str | None) -> None:
+    built = library_provenance(url)
+    if built.get("split_digest") != split_digest(split, DonorError):
+        raise DonorError(f"engine.donors: {url} was built from the split {built.get('split')}, whose ids are not "
+                         f"those of engine.donors_source.split ({split}); delete the library to rebuild it, or "
+                         "name a new engine.donors file")
+
+
+def library_provenance(url: str) -> dict[str, Any]:
+    """The build record of a library, from its footer alone."""
     try:
         with parquet.read_footer(url) as footer:
-            provenance = parquet.provenance(footer.schema_arrow)
-        return str(provenance["content_digest"])
+            return parquet.provenance(footer.schema_arrow)
     except FileNotFoundError:
         raise DonorError(f"{url}: no such donor library") from None
     except (KeyError, ValueError, OSError, pa.ArrowInvalid) as exc:
         raise DonorError(f"{url}: not a donor library of this version ({type(exc).__name__}: {exc}); "
+                         "build it again with `polyp-synth donors build`") from None
+
+
+def library_digest(url: str) -> str:
+    """What the library holds (its donors and their source images): part of every transplant sample's
+    id, so a library rebuilt from other images never passes for the old one."""
+    try:
+        return str(library_provenance(url)["content_digest"])
+    except KeyError:
+        raise DonorError(f"{url}: not a donor library of this version (no content digest); "
                          "build it again with `polyp-synth donors build`") from None
 
 

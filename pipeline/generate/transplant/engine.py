@@ -7,8 +7,8 @@ Per sample, deterministically from (frame, mask, seed):
    fraction) and shape (solidity, eccentricity) to the planned mask; the seed picks one of them;
 2. warp its crop onto every lesion of the mask (`warp.warp_maps`, one radial warp per lesion);
 3. Reinhard colour transfer in Lab from the donor's mucosa ring to the frame's ring just outside
-   the repaint region (applied to the donor's crop before the warp: it is per pixel, and the crop
-   is smaller than the window it is warped into);
+   the repaint region, light reflections left white (applied to the donor's crop before the warp:
+   it is per pixel, and the crop is smaller than the window it is warped into);
 4. blend (`alpha`, `pyramid` or `poisson`), then composite through the repaint region, so every
    pixel outside it is the source frame's, bit for bit. The label is the planned mask, untouched.
 """
@@ -42,6 +42,7 @@ from pipeline.generate.transplant.warp import (
     radial_profile,
     reinhard,
     smooth_profile,
+    spare_reflections,
     warp_maps,
 )
 from pipeline.plan.fov import FieldOfView
@@ -141,8 +142,9 @@ def transplant(frame: np.ndarray, mask: np.ndarray, donor: Donor, config: Transp
     if config.colour_transfer:  # per pixel, so done on the donor's crop, before the warp: far fewer pixels
         mucosa = ring_around(label_w, reach, ring)
         if np.count_nonzero(mucosa) >= 16:  # a mask filling the frame leaves no mucosa to match
-            lab = reinhard(to_lab(texture), (donor.ring_mean, donor.ring_std),
-                           mucosa_stats(source[mucosa][::_RING_STRIDE]))
+            before = to_lab(texture)
+            lab = spare_reflections(before, reinhard(before, (donor.ring_mean, donor.ring_std),
+                                                     mucosa_stats(source[mucosa][::_RING_STRIDE])))
             texture = np.clip(np.rint(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255), 0, 255).astype(np.uint8)
     map_x, map_y = lesion_maps(label_w, donor)
     rgb = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

@@ -110,6 +110,21 @@ def lab_stats(lab: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return pixels.mean(axis=0), pixels.std(axis=0)
 
 
+SPECULAR_L = 95.0
+"""Lab lightness above which a pixel is a light reflection (the light source's colour), not tissue's."""
+
+
+def spare_reflections(before: np.ndarray, after: np.ndarray, ramp: float = 7.0) -> np.ndarray:
+    """`after` (Lab) with the light reflections of `before` (Lab) put back: per pixel
+    w = clip((L_before − (SPECULAR_L − ramp)) / ramp, 0, 1) and out = w · before + (1 − w) · after.
+
+    A colour transfer is meant for tissue: shifting a and b of a white reflection tints it (towards cyan
+    when the target mucosa is less red than the donor's), which no endoscope shows.
+    """
+    weight = np.clip((before[..., :1] - (SPECULAR_L - ramp)) / ramp, 0.0, 1.0)
+    return (weight * before + (1.0 - weight) * after).astype(np.float32)
+
+
 def reinhard(lab: np.ndarray, source: tuple[np.ndarray, np.ndarray], target: tuple[np.ndarray, np.ndarray],
              max_gain: float = 2.0) -> np.ndarray:
     """Reinhard et al. (2001) colour transfer in Lab: out = (x − μ_s) · σ_t/σ_s + μ_t per channel.
