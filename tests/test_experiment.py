@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.images import decode_png, encode_png
 from pipeline.errors import TrainError
 from pipeline.export.export import ExportOptions, export_runs
 from pipeline.testing.data import shared_data
@@ -52,6 +53,10 @@ def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
         run_experiment(other)  # never answered from results trained at another size
     (tmp_path / "exp" / "trials.jsonl").write_text(lines + lines.splitlines()[0][:40])  # killed mid-append
     assert run_experiment(spec) == results
+    image = min((tmp_path / "ex" / "images").iterdir())
+    image.write_bytes(encode_png(255 - decode_png(image.read_bytes())))  # regenerated at the same path
+    with pytest.raises(TrainError, match="holds trials of another experiment"):
+        run_experiment(spec)  # never answered from results trained on the old pixels
 
 
 def test_donors_outside_the_real_subset_are_refused(tmp_path):

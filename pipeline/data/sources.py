@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core import parquet, storage
+from pipeline.core.digests import json_digest, sha256_hex
 from pipeline.core.images import decode_png
 from pipeline.core.labelled import binary_label, labelled_pairs, read_split
 from pipeline.core.layout import (
@@ -115,6 +116,14 @@ def shard_refs(spec: DataSpec) -> list[PairRef]:
         wanted = set(read_split(split, DataError))
         refs = [ref for ref in refs if ref.sample_id in wanted]
     return refs
+
+
+def content_digest(refs: list[PairRef]) -> str:
+    """Identity of a set's pixels and labels: the sha256 of every file it reads (each once) and the rows
+    it takes, so data regenerated or re-gated at the same path is another data set."""
+    files = {url for ref in refs for url in (ref.source, ref.mask) if url}
+    sha = {url: sha256_hex(storage.read_bytes(url)) for url in sorted(files)}
+    return json_digest([[sha[ref.source], ref.row, sha[ref.mask] if ref.mask else None] for ref in refs])
 
 
 def resolve(spec: DataSpec | str) -> list[PairRef]:

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.core import storage
 from pipeline.core.digests import json_digest
 from pipeline.core.layout import ExperimentLayout
-from pipeline.data.sources import DataSpec, PairRef, resolve
+from pipeline.data.sources import DataSpec, PairRef, content_digest, resolve
 from pipeline.errors import ExecutorError, TrainError
 from pipeline.train.evaluate import evaluate
 from pipeline.train.metrics import METRICS
@@ -84,12 +84,15 @@ class ExperimentSpec:
     executor: Literal["local", "ray"] = "local"  # ray: one task per trial (a GPU each on a GPU cluster)
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
+    synthetic_content: dict[str, str] = field(default_factory=dict)  # name → content_digest, set by run_experiment
 
     def digest(self) -> str:
-        """What a trial's result depends on besides the trial itself: data, evaluation and training
-        settings (not where or how trials run, nor how many seeds or ratios: those only add trials)."""
+        """What a trial's result depends on besides the trial itself: data (the synthetic sets' content
+        too, not only their paths), evaluation and training settings (not where or how trials run, nor
+        how many seeds or ratios: those only add trials)."""
         return json_digest({"real": self.real, "real_n": self.real_n, "synthetic": self.synthetic,
-                            "evals": self.evals, "settings": self.settings.model_dump(mode="json", exclude={"device"})})
+                            "synthetic_content": self.synthetic_content, "evals": self.evals,
+                            "settings": self.settings.model_dump(mode="json", exclude={"device"})})
 
 
 def donor_sources(files: Iterable[str]) -> set[str] | None:
@@ -181,6 +184,7 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
     for name, source in spec.synthetic.items():
         check_fair(name, source, {ref.sample_id for ref in real} if spec.real_n is not None else None, eval_ids)
     synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
+    spec = replace(spec, synthetic_content={name: content_digest(refs) for name, refs in synthetic.items()})
     layout = ExperimentLayout(out)
     record = layout.trials
     done = _done(record, spec.digest())
