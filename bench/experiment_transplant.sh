@@ -14,6 +14,7 @@ BIN=.venv/bin
 KVASIR=../shared/data/kvasir-seg
 mkdir -p runs/exp
 head -n 50 "$KVASIR/splits/train.txt" > runs/exp/subset-50.txt     # the trials' real images (--real-n 50)
+sed -n 51,350p "$KVASIR/splits/train.txt" > runs/exp/reference-ids.txt  # the gate's reference: disjoint from both
 $BIN/polyp-synth run jobs/experiment-transplant.yaml   # generate (donors from subset-50.txt only) → gate
 $BIN/polyp-synth export runs/exp-transplant-n50 --out runs/exp/gated
 $BIN/polyp-synth export runs/exp-transplant-n50 --out runs/exp/ungated --include-rejected
