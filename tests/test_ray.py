@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 import pyarrow.parquet as pq
@@ -152,3 +153,49 @@ def test_two_workers_make_the_same_shards_as_one(cluster, tmp_path, tiny_model_d
     assert images[1].keys() == images[2].keys()
     for key, picture in images[1].items():
         assert np.array_equal(picture, images[2][key])
+
+
+def test_the_gate_on_ray_decides_what_the_local_gate_decides(cluster, tmp_path):
+    """`executor.kind: ray` extracts a run's features in Ray actors (the `gating` stage): verdicts and
+    figures must be the local gate's, and a Ray gate is an ordinary CLI call against a cluster."""
+    from pipeline.config import config_from_dict
+    from pipeline.core import parquet
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.gate.features import make_extractor
+    from pipeline.gate.reference import build_reference
+    from pipeline.gate.run import run_gate
+    from pipeline.plan.frames import load_frame
+    from pipeline.testing.gate_runs import RunSample, image_run, remove_lesion
+    from pipeline.testing.runs import kvasir_pairs
+
+    samples = []
+    for image_path, mask_path in kvasir_pairs(DATA / "kvasir-seg", "test", 8):
+        image = cv2.resize(load_frame(str(image_path)), (160, 128), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(load_frame(str(mask_path))[..., 0], (160, 128), interpolation=cv2.INTER_NEAREST)
+        mask = np.where(mask > 127, 255, 0).astype(np.uint8)
+        samples.append(RunSample(image, mask, remove_lesion(image, mask), name=image_path.stem))
+    samples[1] = RunSample(cv2.GaussianBlur(samples[1].image, (0, 0), 6), samples[1].mask, samples[1].source, name="blurred")
+    kvasir = DATA / "kvasir-seg"
+    reference = tmp_path / "reference"
+    build_reference(str(kvasir / "images"), make_extractor("efficientnet-lite0", device="cpu"), str(kvasir / "masks"),
+                    str(DATA / "normal-mucosa"), limit=24, split=str(kvasir / "splits/train.txt")).save(str(reference))
+    settings = {"gate.reference.path": str(reference), "gate.device": "cpu", "gate.shard_kid_max": "null"}
+    for name in ("local", "ray"):
+        image_run(str(tmp_path / name), samples, shard_size=4, frames_dir=str(tmp_path / "frames"))
+    local = run_gate(str(tmp_path / "local"), config_from_dict(
+        {"run_id": "local", "frames": {"source": "unused"}}, overrides=[f"{k}={v}" for k, v in settings.items()]),
+        LocalExecutor("gating"))
+    overrides = [x for k, v in {**settings, "executor.kind": "ray"}.items() for x in ("--set", f"{k}={v}")]
+    args, env = cli("gate", str(tmp_path / "ray"), *overrides, address=cluster["address"])
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: the run failed a run-level bound, still gated
+    assert f"{local.metrics.samples.accepted}/8 samples accepted" in done.stdout
+    assert f"joined Ray cluster at {cluster['address']}" in done.stderr and "starting 1 worker(s)" in done.stderr
+
+    verdicts = {name: parquet.read(str(tmp_path / name / "gate" / "verdicts.parquet")).to_pylist() for name in ("local", "ray")}
+    assert [v["accepted"] for v in verdicts["ray"]] == [v["accepted"] for v in verdicts["local"]]
+    assert [v["reasons"] for v in verdicts["ray"]] == [v["reasons"] for v in verdicts["local"]]
+    accepted = [v["accepted"] for v in verdicts["local"]]
+    assert not accepted[1] and any(accepted)  # the blurred sample is rejected: not a gate waving all through
+    ray_metrics = json.loads((tmp_path / "ray" / "gate" / "metrics.json").read_text())
+    assert ray_metrics["run"]["kid"] == pytest.approx(local.metrics.run.kid, abs=1e-6)
