@@ -1,13 +1,14 @@
 """Transplant engine speed: ms per sample at 1024² on one core, per blend mode.
 
-    python bench/bench_transplant.py --donors runs/donors/kvasir-train.parquet --n 48
+    python bench/bench_transplant.py --n 48
 
 CPU time (`time.thread_time`, one core, one OpenCV thread) is the figure: on a shared machine the wall
 time also counts other processes' turns on the core; both are printed. Frames are polyp-free crops enlarged to the output side and masks are the plan's own (the demo job's
 prompt bank and mask preset), so sizes and shapes follow a real job. Timed: the engine's whole work
 per sample (donor choice, warp, colour transfer, blend, composite); then one `run_generate` of the
 default blend for the whole CPU side (frame load, mask drawing, PNG encoding, shard writing).
-The donor library is built from the Kvasir-SEG training split first if it is missing.
+The donor library is the demo job's (half the Kvasir-SEG training split), built first if it is
+missing; `--donors` names another.
 """
 
 from __future__ import annotations

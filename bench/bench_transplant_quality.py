@@ -10,9 +10,10 @@ Kvasir-SEG training split, on two kinds of polyp-free frames, beside three contr
 - host frames, each a real pipeline run (`run_generate` → `run_gate`, default per-sample bounds; the
   per-shard KID bound is reported, not applied):
   * `mucosa`: polyp-free crops 1–1000 of `normal-mucosa` (256² close-ups, never the probe's negatives);
-  * `kvasir-free`: the polyp-free side of each donor-half Kvasir-SEG frame (the largest full-height or
-    full-width strip clear of every lesion by 3% of the frame, kept when it is ≥ 30% of the frame and
-    ≥ 200 px a side): real colonoscopy framing (black surround, overlays, lumen) with no polyp in it.
+  * `kvasir-free`: the polyp-free side of each donor-half Kvasir-SEG frame (`polyp-synth frames
+    polyp-free`: the largest full-height or full-width strip clear of every lesion by 3% of the frame,
+    kept when it is ≥ 30% of the frame and ≥ 200 px a side): real colonoscopy framing (black
+    surround, overlays, lumen) with no polyp in it.
 - controls: the 100 Kvasir-SEG test images as they are (real), blurred (Gaussian σ 6), and *swapped*:
   each test frame's own polyp replaced by a donor warped onto its label (the engine's `inpaint`, label
   = the real mask), which scores the engine's lesions in real frames with nothing else changed.
@@ -36,11 +37,12 @@ from pipeline.config import TransplantEngineConfig, config_from_dict
 from pipeline.core.images import decode_png
 from pipeline.executors.local import LocalExecutor
 from pipeline.gate.features import lesion_crop, make_extractor
-from pipeline.gate.reference import Reference, build_reference, compare
-from pipeline.gate.run import run_gate
+from pipeline.gate.reference import compare
+from pipeline.gate.run import load_or_build_reference, run_gate
 from pipeline.generate.runner import run_generate
 from pipeline.generate.transplant.donors import ensure_donors
 from pipeline.generate.transplant.engine import TransplantEngine
+from pipeline.plan.polyp_free import cut_polyp_free_frames
 from pipeline.testing.data import require_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,39 +66,6 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_label(path: Path) -> np.ndarray:
     return np.where(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127, 255, 0).astype(np.uint8)
-
-
-def polyp_free_side(label: np.ndarray, margin: float = 0.03, min_share: float = 0.3,
-                    min_side: int = 200) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the largest full-height or full-width strip of the frame clear of every
-    lesion by `margin` of the frame's long side; None when it is under `min_share` of the frame,
-    under `min_side` px a side, or more than 2:1."""
-    height, width = label.shape
-    ys, xs = np.nonzero(label)
-    gap = int(margin * max(height, width)) + 4
-    left, right, top, bottom = xs.min() - gap, xs.max() + 1 + gap, ys.min() - gap, ys.max() + 1 + gap
-    strips = [(0, 0, max(0, left), height), (min(width, right), 0, width, height),
-              (0, 0, width, max(0, top)), (0, min(height, bottom), width, height)]
-    strips = [(x0, y0, x1, y1) for x0, y0, x1, y1 in strips
-              if min(x1 - x0, y1 - y0) >= min_side and 0.5 <= (x1 - x0) / (y1 - y0) <= 2]
-    if not strips:
-        return None
-    x0, y0, x1, y1 = max(strips, key=lambda s: (s[2] - s[0]) * (s[3] - s[1]))
-    return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) >= min_share * height * width else None
-
-
-def kvasir_free_frames(folder: Path, kvasir: Path, ids: list[str]) -> Path:
-    """Polyp-free strips of the given Kvasir-SEG frames, written once as PNG (lossless: no second JPEG pass)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_id in ids:
-        target = folder / f"{image_id}.png"
-        if target.exists():
-            continue
-        strip = polyp_free_side(read_label(kvasir / "masks" / f"{image_id}.jpg"))
-        if strip is not None:
-            x0, y0, x1, y1 = strip
-            cv2.imwrite(str(target), cv2.imread(str(kvasir / "images" / f"{image_id}.jpg"))[y0:y1, x0:x1])
-    return folder
 
 
 def shard_crops(run_dir: str) -> list[np.ndarray]:
@@ -142,18 +111,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     test = (kvasir / "splits/test.txt").read_text().split()
     donor_split, reference_split = ROOT / "jobs/splits/kvasir-train-donors.txt", ROOT / "jobs/splits/kvasir-train-reference.txt"
-    donor_ids = donor_split.read_text().split()
     frames = sorted(mucosa.glob("*.jpg"), key=lambda p: int(p.stem))
     negatives = linked_folder(out / "negatives", [p.name for p in frames[1000:]], mucosa)
     hosts = {"mucosa": linked_folder(out / "hosts-mucosa", [p.name for p in frames[:1000]], mucosa),
-             "kvasir-free": kvasir_free_frames(out / "hosts-kvasir-free", kvasir, donor_ids)}
+             "kvasir-free": out / "hosts-kvasir-free"}
+    if not hosts["kvasir-free"].exists():
+        cut_polyp_free_frames(str(kvasir / "images"), str(kvasir / "masks"), str(hosts["kvasir-free"]), str(donor_split))
 
     extractor = make_extractor("efficientnet-lite0", device="cpu")
-    reference_dir = out / "reference"
-    if not (reference_dir / "reference.json").exists():
-        build_reference(str(kvasir / "images"), extractor, str(kvasir / "masks"), str(negatives),
-                        args.reference_limit, split=str(reference_split)).save(str(reference_dir))
-    reference = Reference.load(str(reference_dir))
+    # built on first use, and refused if it was built from another split or limit
+    gate = {"reference": {"path": str(out / "reference"), "images": str(kvasir / "images"), "masks": str(kvasir / "masks"),
+                          "negatives": str(negatives), "split": str(reference_split), "limit": args.reference_limit},
+            "device": "cpu", "shard_kid_max": None}
+    reference = load_or_build_reference(config_from_dict({"frames": {"source": "unused"}, "gate": gate}, "bench").gate)
 
     def scores(images: list[np.ndarray], crops: list[np.ndarray]) -> dict[str, float]:
         crop_features = extractor(crops)
@@ -174,7 +144,7 @@ def main() -> None:
                 "frames": {"source": str(hosts[host])},
                 "prompts": {"bank": str(ROOT / "prompts/clinical.yaml")}, "masks": {"preset": str(ROOT / "masks/default.yaml")},
                 "engine": {**engine, "blend": blend},
-                "gate": {"reference": {"path": str(reference_dir)}, "device": "cpu", "shard_kid_max": None},
+                "gate": gate,
             }
             config = config_from_dict(job, "bench")
             run_generate(config, LocalExecutor())

@@ -74,6 +74,13 @@ def cmd_donors_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frames_polyp_free(args: argparse.Namespace) -> int:
+    from pipeline.plan.polyp_free import cut_polyp_free_frames
+
+    print(cut_polyp_free_frames(args.images, args.masks, args.out, args.split).line())
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.generate.runner import new_plan
 
@@ -353,14 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bank", default="prompts/clinical.yaml", help="prompt bank the attributes come from")
         p.add_argument("--seed", type=int, default=0)
 
-    donors = command("donors", lambda a: 0, "donor libraries of real lesions for the transplant engine")
-    donors_sub = donors.add_subparsers(dest="donors_command", required=True, metavar="ACTION")
-    p = donors_sub.add_parser("build", help="cut every lesion of a labelled set (its training split) into a library")
-    p.set_defaults(fn=cmd_donors_build)
-    p.add_argument("--images", required=True, help="folder of images (<id>.jpg/.png)")
-    p.add_argument("--masks", required=True, help="folder of binary masks with the same ids")
-    p.add_argument("--split", help="file of the ids to use, one per line: the TRAINING split (never a test split)")
-    p.add_argument("--out", required=True, help="donor library to write (Parquet; local path or fsspec URL)")
+    for group, action, fn, text, out in (
+        ("donors", "build", cmd_donors_build, "cut every lesion of a labelled set (its training split) into a library",
+         "donor library to write (Parquet; local path or fsspec URL)"),
+        ("frames", "polyp-free", cmd_frames_polyp_free, "cut the polyp-free side of labelled frames into frames to paint on",
+         "folder to write <id>.png to (local path or fsspec URL)"),
+    ):
+        parent = command(group, lambda a: 0, {"donors": "donor libraries of real lesions for the transplant engine",
+                                              "frames": "frames to paint on"}[group])
+        p = parent.add_subparsers(dest=f"{group}_command", required=True, metavar="ACTION").add_parser(action, help=text)
+        p.set_defaults(fn=fn)
+        p.add_argument("--images", required=True, help="folder of images (<id>.jpg/.png)")
+        p.add_argument("--masks", required=True, help="folder of binary masks with the same ids")
+        p.add_argument("--split", help="file of the ids to use, one per line: a TRAINING split (never a test split)")
+        p.add_argument("--out", required=True, help=out)
 
     _job_arguments(command("plan", cmd_plan, "write the run's plan (Parquet), one row per sample"))
 

@@ -111,6 +111,11 @@ class DonorSourceConfig(_Section):
     split: str | None = Field(None, description="file of the ids that may be donors (one per line): the TRAINING split")
 
 
+TRANSPLANT_ALGORITHM = 2
+"""Raised whenever the transplant engine makes other pixels from the same settings (2: light
+reflections spared by the colour transfer), so a resumed run never mixes shards of two versions."""
+
+
 class TransplantEngineConfig(_Section):
     """Weight-free engine: real lesions from a donor library, warped onto the planned mask and blended."""
 
@@ -131,8 +136,9 @@ class TransplantEngineConfig(_Section):
     mask_feather: int = Field(6, ge=0, description="width of the soft blend at the repaint edge, pixels")
 
     def pixel_settings(self) -> dict[str, Any]:
-        """Settings that decide a sample's pixels (part of its id); where the library came from does not."""
-        return self.model_dump(mode="json", exclude={"donors_source"})
+        """Settings that decide a sample's pixels (part of its id), and the engine's algorithm version;
+        where the library came from does not."""
+        return {**self.model_dump(mode="json", exclude={"donors_source"}), "algorithm": TRANSPLANT_ALGORITHM}
 
 
 def _engine_kind(value: Any) -> str:

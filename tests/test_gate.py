@@ -206,17 +206,25 @@ def test_missing_reference_and_never_generated_run_are_one_line_errors(tmp_path)
 
 def test_a_reference_built_from_another_split_or_limit_is_refused(reference_dir, tmp_path):
     """`gate.reference.images` means "build it on first use": an edited split or limit must not keep the old one."""
-    def gate(**source):
-        source = {"path": str(reference_dir), "images": str(reference_dir.parent / "images"), **source}
+    def gate(path=reference_dir, **source):
+        source = {"path": str(path), "images": str(reference_dir.parent / "images"), **source}
         return config_from_dict({"frames": {"source": "x"}, "gate": {"reference": source}}).gate
 
     assert load_or_build_reference(gate(limit=60)).identity.images == 60
-    with pytest.raises(GateError, match="ref was built with limit 60 and split None, not gate.reference's limit 50"):
+    with pytest.raises(GateError, match="ref: it was built with limit 60, gate.reference.limit is 50; delete it"):
         load_or_build_reference(gate(limit=50))
     split = tmp_path / "ids.txt"
     split.write_text("\n".join(_split("train")[:60]))
-    with pytest.raises(GateError, match=f"not gate.reference's limit 60 and split {split}; delete it to rebuild"):
+    with pytest.raises(GateError, match=f"it was built from no split \\(every image\\), gate.reference.split is {split}"):
         load_or_build_reference(gate(limit=60, split=str(split)))
+    split.write_text("\n".join(_split("train")[:4]))
+    assert load_or_build_reference(gate(tmp_path / "small", split=str(split))).identity.images == 4  # built
+    split.write_text("\n".join(_split("train")[4:8]))
+    with pytest.raises(GateError, match=f"small: the contents of the split {split} changed since it was built"):
+        load_or_build_reference(gate(tmp_path / "small", split=str(split)))
+    split.unlink()
+    with pytest.raises(GateError, match="gate.reference.split: .*ids.txt: no such split file \\(needed to check"):
+        load_or_build_reference(gate(tmp_path / "small", split=str(split)))
 
 
 class _Layers(torch.nn.Module):

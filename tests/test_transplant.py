@@ -175,7 +175,7 @@ def test_a_configured_source_builds_the_library_on_first_use(tmp_path):
     assert DonorLibrary.load(config.donors).table.column("source_id").to_pylist() == [TRAIN[1]]
     ensure_donors(config)  # the same source: the library is kept
     split.write_text(f"{TRAIN[2]}\n")  # an edited split must not keep the old donors
-    with pytest.raises(DonorError, match=f"donors.parquet was built from the split {split}, whose ids are not those"):
+    with pytest.raises(DonorError, match="donors.parquet: the split's contents changed since it was built; delete"):
         ensure_donors(config)
     assert DonorLibrary.load(config.donors).table.column("source_id").to_pylist() == [TRAIN[1]]
 
@@ -211,13 +211,15 @@ def test_reinhard_matches_the_formula():
 
 def test_colour_transfer_tints_tissue_and_leaves_reflections_white():
     """A transfer towards less red mucosa turns a white reflection cyan unless it is spared."""
-    rgb = np.array([[[200, 90, 80], [255, 255, 255], [250, 248, 246]]], np.uint8)  # tissue, two reflections
-    lab = to_lab(rgb)
+    rgb = np.array([[[200, 90, 80], [255, 255, 255], [250, 248, 246], [238, 234, 232]]], np.uint8)  # tissue,
+    lab = to_lab(rgb)  # two reflections, and a pixel on the ramp (L 92.8)
     moved = reinhard(lab, (np.array([50.0, 30, 20]), np.ones(3)), (np.array([50.0, 10, 20]), np.ones(3)))
     tinted = cv2.cvtColor(moved, cv2.COLOR_Lab2RGB)[0, 1] * 255
     assert tinted[0] < tinted[2] - 20  # the reflection left alone would be cyan
     spared = spare_reflections(lab, moved)
-    assert np.allclose(spared[0, 1:], lab[0, 1:], atol=1e-4)  # both reflections keep their colour
+    assert np.allclose(spared[0, 1:3], lab[0, 1:3], atol=1e-4)  # both reflections keep their colour
+    assert 88 < lab[0, 3, 0] < 95 and abs(spared[0, 3, 1] - lab[0, 3, 1]) < abs(moved[0, 3, 1] - lab[0, 3, 1]) / 2 + 1e-3
+    assert not np.allclose(spared[0, 3], lab[0, 3]) and not np.allclose(spared[0, 3], moved[0, 3])  # in between
     assert np.allclose(spared[0, 0], moved[0, 0])  # tissue takes the transfer
 
 

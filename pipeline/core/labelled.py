@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import cv2
 import numpy as np
 
 from pipeline.core import storage
@@ -61,6 +62,37 @@ def split_digest(url: str | None, error: type[PolypSynthError]) -> str | None:
     """Identity of a split file's contents (None for no split): what a donor library or a reference
     built on first use records, so that an edited split is noticed instead of silently kept."""
     return digest(storage.read_text(url, error, "split")) if url is not None else None
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One pair's pixels: RGB uint8 HxWx3, its boolean label, and the image file's bytes (for digests)."""
+
+    rgb: np.ndarray
+    label: np.ndarray
+    data: bytes
+
+
+def _decode(url: str, flags: int, error: type[PolypSynthError]) -> tuple[np.ndarray, bytes]:
+    try:
+        data = storage.read_bytes(url)
+    except OSError as exc:
+        raise error(f"{url}: unreadable ({type(exc).__name__}: {exc})") from None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if pixels is None:
+        raise error(f"{url}: not a readable image")
+    return pixels, data
+
+
+def read_pair(pair: LabelledPair, error: type[PolypSynthError]) -> LabelledImage:
+    """The pixels and label of a pair; an unreadable file, or a mask of another size than its image, is
+    one `error` line naming the file."""
+    bgr, data = _decode(pair.image, cv2.IMREAD_COLOR, error)
+    mask, _ = _decode(pair.mask, cv2.IMREAD_GRAYSCALE, error)
+    if bgr.shape[:2] != mask.shape:
+        raise error(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image} "
+                    f"is {bgr.shape[1]}x{bgr.shape[0]}")
+    return LabelledImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), binary_label(mask), data)
 
 
 def labelled_pairs(images: str, masks: str, split: str | None, error: type[PolypSynthError]) -> list[LabelledPair]:

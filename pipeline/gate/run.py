@@ -207,20 +207,36 @@ def load_or_build_reference(gate: GateConfig) -> Reference:
     return reference
 
 
+def _split_name(split: str | None) -> str:
+    return f"the split {split}" if split else "no split (every image)"
+
+
 def check_source(reference: Reference, settings: GateReferenceConfig) -> None:
-    """A reference built on first use stays tied to its source: an edited `split` or `limit` must not
-    silently keep the old reference (one made before split contents were recorded is held to its split's path)."""
+    """A reference built on first use stays tied to its source: an edited `split` (its contents) or
+    `limit` must not silently keep the old reference. One made before split contents were recorded is
+    held to its split's path. The images, masks and negatives folders are not compared (they are
+    named, not versioned: a changed folder needs a new `path`)."""
     built = reference.identity.settings
-    wanted = {"limit": settings.limit}
+    changed = []
+    if built.get("limit") != settings.limit:
+        changed.append(f"it was built with limit {built.get('limit')}, gate.reference.limit is {settings.limit}")
     if "split_digest" in built:
-        wanted["split_digest"] = split_digest(settings.split, GateError)
-    else:
-        wanted["split"] = settings.split
-    changed = [key for key, value in wanted.items() if built.get(key) != value]
+        try:
+            wanted = split_digest(settings.split, GateError)
+        except GateError as exc:
+            raise GateError(f"gate.reference.split: {exc} (needed to check {settings.path} against the split "
+                            "it was built from)") from None
+        if built["split_digest"] == wanted:
+            pass
+        elif built.get("split") == settings.split:
+            changed.append(f"the contents of the split {settings.split} changed since it was built")
+        else:
+            changed.append(f"it was built from {_split_name(built.get('split'))}, gate.reference.split is {settings.split}")
+    elif built.get("split") != settings.split:
+        changed.append(f"it was built from {_split_name(built.get('split'))}, gate.reference.split is {settings.split}")
     if changed:
-        raise GateError(f"gate.reference: {settings.path} was built with limit {built.get('limit')} and split "
-                        f"{built.get('split')}, not gate.reference's limit {settings.limit} and split {settings.split}; "
-                        "delete it to rebuild, or name a new gate.reference.path")
+        raise GateError(f"gate.reference: {settings.path}: {'; '.join(changed)}; delete it to rebuild, or name "
+                        "a new gate.reference.path")
 
 
 def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:

@@ -21,9 +21,9 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -62,7 +62,7 @@ class TrialResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trial: Trial
-    experiment: str = ""  # ExperimentSpec.digest(): results of another experiment are never reused
+    experiment: str = ""  # ExperimentSpec.digest(content), stamped by run_experiment: never reused by another
     real_ids: list[str]
     synthetic_per_epoch: int
     steps: int
@@ -84,14 +84,14 @@ class ExperimentSpec:
     executor: Literal["local", "ray"] = "local"  # ray: one task per trial (a GPU each on a GPU cluster)
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
-    synthetic_content: dict[str, str] = field(default_factory=dict)  # name → content_digest, set by run_experiment
 
-    def digest(self) -> str:
-        """What a trial's result depends on besides the trial itself: data (the synthetic sets' content
-        too, not only their paths), evaluation and training settings (not where or how trials run, nor
-        how many seeds or ratios: those only add trials)."""
+    def digest(self, content: dict[str, Any]) -> str:
+        """What a trial's result depends on besides the trial itself: data (named, and `content`: the
+        digests of its files, so data regenerated at the same path is another experiment), evaluation
+        and training settings (not where or how trials run, nor how many seeds or ratios: those only
+        add trials)."""
         return json_digest({"real": self.real, "real_n": self.real_n, "synthetic": self.synthetic,
-                            "synthetic_content": self.synthetic_content, "evals": self.evals,
+                            "evals": self.evals, "content": content,
                             "settings": self.settings.model_dump(mode="json", exclude={"device"})})
 
 
@@ -167,8 +167,9 @@ def _done(path: Path, experiment: str) -> dict[str, TrialResult]:
             storage.write_bytes_atomic(str(path), "".join(f"{kept}\n" for kept in lines[:-1]).encode())
     other = [r.trial.key for r in results if r.experiment != experiment]
     if other:
-        raise TrainError(f"{path}: holds trials of another experiment (other data, evaluation or training "
-                         f"settings, e.g. {other[0]}); use another --out, or move that file away")
+        raise TrainError(f"{path}: holds trials of another experiment (other data, data with other content, "
+                         f"evaluation or training settings, e.g. {other[0]}); use another --out, or move that "
+                         "file away")
     return {r.trial.key: r for r in results}
 
 
@@ -180,18 +181,21 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
         if spec.real_n > len(real):
             raise TrainError(f"--real-n {spec.real_n}: {spec.real} has only {len(real)} images")
         real = real[: spec.real_n]
-    eval_ids = {ref.sample_id for data in spec.evals for ref in resolve(DataSpec.parse(data))}
+    evals = [resolve(DataSpec.parse(data)) for data in spec.evals]
+    eval_ids = {ref.sample_id for refs in evals for ref in refs}
     for name, source in spec.synthetic.items():
         check_fair(name, source, {ref.sample_id for ref in real} if spec.real_n is not None else None, eval_ids)
     synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
-    spec = replace(spec, synthetic_content={name: content_digest(refs) for name, refs in synthetic.items()})
+    identity = spec.digest({"real": content_digest(real), "evals": [content_digest(refs) for refs in evals],
+                            "synthetic": {name: content_digest(refs) for name, refs in synthetic.items()}})
     layout = ExperimentLayout(out)
     record = layout.trials
-    done = _done(record, spec.digest())
+    done = _done(record, identity)
     todo = trials(spec, len(real))
     missing = [trial for trial in todo if trial.key not in done]
     run = _on_ray if spec.executor == "ray" else _one_after_another
     for result in run(spec, missing, real, synthetic):
+        result = result.model_copy(update={"experiment": identity})
         with record.open("a") as handle:
             handle.write(result.model_dump_json() + "\n")
         done[result.trial.key] = result
@@ -212,7 +216,7 @@ def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic
                     [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
     reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
     return TrialResult(
-        trial=trial, experiment=spec.digest(), real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
+        trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
         steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
         metrics={r.data: r.mean for r in reports},
     )

@@ -39,8 +39,8 @@ from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.images import decode_png, encode_png, resize_image, resize_mask
 from pipeline.core.labelled import (
     LabelledPair,
-    binary_label,
     labelled_pairs,
+    read_pair,
     split_digest,
 )
 from pipeline.core.progress import progress_bar
@@ -94,27 +94,12 @@ def mucosa_stats(rgb_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------- building
 
 
-def _decode(path: str, flags: int) -> tuple[np.ndarray, bytes]:
-    try:
-        data = storage.read_bytes(path)
-    except OSError as exc:
-        raise DonorError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if pixels is None:
-        raise DonorError(f"{path}: not a readable image")
-    return pixels, data
-
-
 def _lesions(pair: LabelledPair, padding: float, max_side: int) -> list[dict[str, Any]]:
     """The donor rows of one labelled image (one per lesion, largest first)."""
-    bgr, data = _decode(pair.image, cv2.IMREAD_COLOR)
-    mask, _ = _decode(pair.mask, cv2.IMREAD_GRAYSCALE)
-    if bgr.shape[:2] != mask.shape:
-        raise DonorError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image} "
-                         f"is {bgr.shape[1]}x{bgr.shape[0]}")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    height, width = mask.shape
-    binary = binary_label(mask).astype(np.uint8)
+    pixels = read_pair(pair, DonorError)
+    rgb, data = pixels.rgb, pixels.data
+    height, width = pixels.label.shape
+    binary = pixels.label.astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     keep = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= SPECK_FRACTION * binary.size]
     if not keep:
@@ -220,11 +205,17 @@ def ensure_donors(config: TransplantEngineConfig) -> None:
 
 
 def _check_split(url: str, split: str | None) -> None:
+    """The library at `url` was built from `split` (its contents). The images and masks folders are
+    not compared: they are named, not versioned (a changed folder needs a new library path)."""
     built = library_provenance(url)
-    if built.get("split_digest") != split_digest(split, DonorError):
-        raise DonorError(f"engine.donors: {url} was built from the split {built.get('split')}, whose ids are not "
-                         f"those of engine.donors_source.split ({split}); delete the library to rebuild it, or "
-                         "name a new engine.donors file")
+    if built.get("split_digest") == split_digest(split, DonorError):
+        return
+    was = f"the split {built['split']}" if built.get("split") else "no split (every image)"
+    now = f"engine.donors_source.split ({split})" if split else "no engine.donors_source.split"
+    what = ("the split's contents changed since it was built" if built.get("split") == split
+            else f"it was built from {was}, not from {now}")
+    raise DonorError(f"engine.donors: {url}: {what}; delete the library to rebuild it, or name a new "
+                     "engine.donors file")
 
 
 def library_provenance(url: str) -> dict[str, Any]:
