@@ -6,6 +6,7 @@ User errors (`PolypSynthError`) end as one line on stderr and exit code 2; bugs 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -489,4 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("polyp-synth: interrupted; run the same command again to resume", file=sys.stderr)
         code = 130
+    # Free Arrow tables while Arrow is alive: one left to the interpreter's final teardown can abort
+    # the process in Arrow's thread pool (exit 134 instead of ours; apache/arrow#34314).
+    gc.collect()
     sys.exit(code)
