@@ -193,14 +193,14 @@ def load_or_build_reference(gate: GateConfig) -> Reference:
     settings = gate.reference
     if storage.exists(ReferenceLayout(settings.path).record) or not settings.images:
         reference = Reference.load(settings.path, gate.nearest_k)
+        if settings.images:  # one this job would build: it must be what the job would build
+            check_source(reference, settings)
     else:
         log.info("building the reference %s from %s", settings.path, settings.images)
         extractor = make_extractor(gate.extractor, gate.inception_path, gate.device, gate.batch_size)
         reference = build_reference(settings.images, extractor, settings.masks, settings.negatives,
                                     settings.limit, nearest_k=gate.nearest_k, split=settings.split)
         reference.save(settings.path)
-    if settings.images:
-        check_source(reference, settings)
     if reference.identity.extractor != gate.extractor:
         raise GateError(f"{settings.path}: reference made with {reference.identity.extractor}, but "
                         f"gate.extractor is {gate.extractor}; build one with that extractor")
