@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pipeline.train.evaluate import evaluate, report_table
 
-    reports = evaluate(args.checkpoint, args.data, args.device)
+    reports = evaluate(args.checkpoint, args.data, args.device, args.negatives or [])
     payload = json.dumps({"checkpoint": args.checkpoint, "sets": [r.to_json() for r in reports]}, indent=2)
     if args.json:
         from pipeline.core import storage
@@ -241,13 +241,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipeline.train.experiment import (
-        ExperimentSpec,
-        run_experiment,
-        summarise,
-        summary_markdown,
-    )
+    from pipeline.train.experiment import ExperimentSpec, run_experiment
     from pipeline.train.segment import TrainSettings
+    from pipeline.train.summary import summarise, summary_markdown
 
     synthetic = {}
     for text in args.synthetic:
@@ -260,7 +256,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     settings = _settings(TrainSettings, args, ("encoder", "size", "epochs", "batch_size", "lr", "workers", "device"))
     results = run_experiment(ExperimentSpec(real=args.real, synthetic=synthetic, evals=args.eval, ratios=ratios,
                                             seeds=args.seeds, real_n=args.real_n, settings=settings, out=args.out,
-                                            executor=args.executor))
+                                            negatives=args.eval_negatives or [], executor=args.executor))
     print(summary_markdown(summarise(results)))
     return 0
 
@@ -453,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "Dice, IoU, precision, recall, HD95 of a checkpoint on labelled sets")
     p.add_argument("checkpoint")
     p.add_argument("--data", action="append", required=True, metavar="DIR[:SPLIT]", help="repeatable")
+    p.add_argument("--negatives", action="append", metavar="DIR[:IDS.txt]",
+                   help="folder of polyp-free frames: the false-positive rate; repeatable")
     p.add_argument("--json", help="write the JSON report here instead of stdout")
     p.add_argument("--device", default="auto")
 
@@ -462,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="append", required=True, metavar="[NAME=]EXPORT",
                    help="synthetic set (export, run or shards), optionally named; repeatable (e.g. gated=…, ungated=…)")
     p.add_argument("--ratios", default="0,0.5,1,2")
-    p.add_argument("--seeds", type=_count, default=3)
+    p.add_argument("--seeds", type=_count, default=5, help="seeds per arm (default 5; differences are paired by seed)")
     p.add_argument("--eval", action="append", required=True, metavar="DIR[:SPLIT]", help="held-out real set; repeatable")
+    p.add_argument("--eval-negatives", action="append", metavar="DIR[:IDS.txt]",
+                   help="held-out polyp-free frames: the false-positive rate; repeatable")
     p.add_argument("--real-n", type=_count, help="train on only the first N real ids (the low-data regime)")
     p.add_argument("--out", required=True, help="experiment folder: trials.jsonl, summary.json, table.md, plot.png")
     p.add_argument("--executor", choices=("local", "ray"), default="local",

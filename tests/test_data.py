@@ -1,21 +1,27 @@
 """Loaders: real folders with split files, exports and shards; every pair exactly once across
-distributed ranks and DataLoader workers; real + synthetic at a ratio."""
+distributed ranks and DataLoader workers; real + synthetic at a ratio, in every training batch,
+whatever the export's format; the same batches and augmentations with any number of workers."""
 
+import math
 from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from pipeline.data.dataset import (
     PairStream,
+    TrainBatches,
     collate,
     eval_transform,
+    interleave,
     partition,
+    seed_transform,
     train_transform,
 )
 from pipeline.data.sources import DataSpec, folder_refs, read_pairs, resolve
-from pipeline.errors import DataError
+from pipeline.errors import DataError, TrainError
 from pipeline.export.export import ExportOptions, export_runs
 from pipeline.testing.data import shared_data
 from pipeline.testing.runs import kvasir_pairs, write_gated_run
@@ -104,3 +110,57 @@ def test_shards_stream_from_object_storage(run, s3_server):
     export_runs([root], ExportOptions(out="s3://loaders/ex", shard_size=6))
     data = PairStream(resolve("s3://loaders/ex"), eval_transform(32), shuffle=False)
     assert [s.sample_id for s in data] == ids
+
+
+def test_interleave_keeps_every_window_at_the_ratio_across_epochs():
+    for real, synthetic in ((10, 0), (10, 5), (10, 10), (7, 20), (50, 100), (3, 1), (9, 4)):
+        n = real + synthetic
+        pattern = np.tile(interleave(real, synthetic), 4).astype(int)  # four epochs laid end to end
+        assert pattern[:n].sum() == synthetic
+        for width in (1, 2, 3, 8, 13):
+            counts = np.convolve(pattern, np.ones(width, int), "valid")
+            assert counts.min() >= math.floor(width * synthetic / n) and counts.max() <= math.ceil(width * synthetic / n)
+
+
+def test_every_training_batch_holds_real_and_synthetic_at_the_ratio_whatever_the_export_format(run, tmp_path):
+    root, synthetic_ids = run
+    export_runs([root], ExportOptions(out=str(tmp_path / "parquet")))  # one 14-row file: one block
+    export_runs([root], ExportOptions(out=str(tmp_path / "folders"), format="folders"))
+    real = resolve(f"{KVASIR}:test")[:6]
+    compositions = {}
+    for name in ("parquet", "folders"):
+        synthetic = resolve(str(tmp_path / name))
+        for ratio in (0.5, 1.0, 2.0):
+            per_epoch = round(ratio * len(real))
+            expected = 4 * per_epoch / (len(real) + per_epoch)
+            data = TrainBatches(real, eval_transform(32), batch_size=4, steps=10, synthetic=synthetic, ratio=ratio,
+                                seed=0, cache_size=32)
+            batches = list(DataLoader(data, batch_size=None))
+            assert [b.index for b in batches] == list(range(10)) and all(len(b.sample_ids) == 4 for b in batches)
+            counts = [sum(i in synthetic_ids for i in b.sample_ids) for b in batches]
+            assert math.floor(expected) <= min(counts) and max(counts) <= math.ceil(expected), (name, ratio, counts)
+            compositions[(name, ratio)] = counts
+    assert all(compositions[("parquet", r)] == compositions[("folders", r)] for r in (0.5, 1.0, 2.0))
+
+
+def test_batches_and_their_augmentations_are_the_same_with_any_number_of_workers(run):
+    root, _ = run
+    refs = resolve(root)
+    def make():
+        return TrainBatches(refs[:5], train_transform(32), batch_size=3, steps=7, synthetic=refs[5:], ratio=1.0, seed=4)
+    alone = list(DataLoader(make(), batch_size=None))
+    workers = list(DataLoader(make(), batch_size=None, num_workers=2))
+    assert [b.index for b in workers] == [b.index for b in alone] == list(range(7))
+    assert len({i for b in alone for i in b.sample_ids}) > 5  # 21 samples: epochs of 10 laid end to end
+    for a, b in zip(alone, workers):
+        assert a.sample_ids == b.sample_ids and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+    again = list(DataLoader(make(), batch_size=None))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(alone, again))
+    plain = {s.sample_id: s.image for s in PairStream(refs, eval_transform(32), shuffle=False)}
+    augmented = [not torch.equal(image, plain[i]) for b in alone for i, image in zip(b.sample_ids, b.images)]
+    assert sum(augmented) > len(augmented) // 2  # what is the same is the augmentation, not its absence
+
+
+def test_an_augmentation_that_cannot_be_seeded_is_refused():
+    with pytest.raises(TrainError, match="cannot be seeded"):
+        seed_transform(lambda **pair: pair, 1)

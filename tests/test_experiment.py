@@ -1,54 +1,90 @@
 """Experiment: the arms it trains (real only once per seed; each synthetic set at each ratio at equal
-epochs and equal steps), resume from trials.jsonl, table and plot, and the fairness check on donors."""
+epochs and equal steps; the compute control at the same steps and samples seen), paired differences
+in the table, resume from trials.jsonl, and every path by which an evaluation image could reach
+training refused before any trial: real ids, synthetic samples, donors, host frames, the gate's
+reference and probe negatives. One test runs the real chain: frames polyp-free → donors → generate
+→ gate (a reference built on first use) → export → experiment."""
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from pipeline.cli import main
 from pipeline.core.images import decode_png, encode_png
+from pipeline.core.lineage import ImageKeys, Lineage, stem
 from pipeline.errors import TrainError
 from pipeline.export.export import ExportOptions, export_runs
 from pipeline.testing.data import shared_data
 from pipeline.testing.runs import kvasir_pairs, write_gated_run
-from pipeline.train.experiment import (
-    ExperimentSpec,
-    check_fair,
-    donor_sources,
-    run_experiment,
-)
+from pipeline.train.experiment import ExperimentSpec, run_experiment, trials
 from pipeline.train.segment import TrainSettings
 
-KVASIR = shared_data() / "kvasir-seg"
+DATA = shared_data()
+KVASIR = DATA / "kvasir-seg"
+TRAIN = (KVASIR / "splits" / "train.txt").read_text().split()
+TEST = (KVASIR / "splits" / "test.txt").read_text().split()
+TINY = TrainSettings(size=32, epochs=1, batch_size=2)
 
 
-def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
+def ids_file(path, ids):
+    path.write_text("\n".join(ids) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    """Four Kvasir-SEG test images and four polyp-free mucosa frames, as `--eval` and `--eval-negatives`."""
+    root = tmp_path_factory.mktemp("eval")
+    return (f"{KVASIR}:{ids_file(root / 'test4.txt', TEST[:4])}",
+            f"{DATA / 'normal-mucosa'}:{ids_file(root / 'mucosa4.txt', ['1500', '1600', '1700', '1800'])}")
+
+
+def spec_for(tmp_path, synthetic, evaluation, **changes):
+    evals, negatives = evaluation
+    fields = dict(real=f"{KVASIR}:train", synthetic=synthetic, evals=[evals], negatives=[negatives], ratios=[0, 1],
+                  seeds=2, real_n=2, out=str(tmp_path / "exp"), settings=TINY)
+    return ExperimentSpec(**{**fields, **changes})
+
+
+def test_a_small_experiment_trains_every_arm_once_compares_by_seed_and_resumes(tmp_path, evaluation):
     run = str(tmp_path / "run")
-    write_gated_run(run, kvasir_pairs(KVASIR, "test", 4), "syn", size=64)
+    write_gated_run(run, kvasir_pairs(KVASIR, "train", 3), "syn", size=64)  # hosts: train images only
     export_runs([run], ExportOptions(out=str(tmp_path / "ex"), format="folders"))
-    spec = ExperimentSpec(
-        real=f"{KVASIR}:train", synthetic={"kvasir": str(tmp_path / "ex")}, evals=[str(tmp_path / "ex")],
-        ratios=[0, 1], seeds=1, real_n=2, out=str(tmp_path / "exp"),
-        settings=TrainSettings(size=32, epochs=1, batch_size=2),
-    )
+    spec = spec_for(tmp_path, {"kvasir": str(tmp_path / "ex")}, evaluation)
     results = run_experiment(spec)
-    arms = {(r.trial.synthetic, r.trial.ratio, r.trial.budget): r for r in results}
-    assert set(arms) == {(None, 0.0, "epochs"), (None, 1.0, "compute"), ("kvasir", 1.0, "epochs"),
-                         ("kvasir", 1.0, "steps")}
-    assert arms[(None, 0.0, "epochs")].steps == 1 and arms[("kvasir", 1.0, "steps")].steps == 1
-    assert arms[(None, 1.0, "compute")].steps == 2 and arms[(None, 1.0, "compute")].synthetic_per_epoch == 0
-    assert arms[("kvasir", 1.0, "epochs")].steps == 2 and arms[("kvasir", 1.0, "epochs")].synthetic_per_epoch == 2
-    first_two = (KVASIR / "splits" / "train.txt").read_text().split()[:2]
-    assert all(r.real_ids == sorted(first_two) for r in results)
+    arms = {(r.trial.synthetic, r.trial.ratio, r.trial.budget, r.trial.seed): r for r in results}
+    assert {key[:3] for key in arms} == {(None, 0.0, "epochs"), (None, 1.0, "compute"), ("kvasir", 1.0, "epochs"),
+                                         ("kvasir", 1.0, "steps")}
+    for seed in (0, 1):
+        real, compute = arms[(None, 0.0, "epochs", seed)], arms[(None, 1.0, "compute", seed)]
+        epochs, steps = arms[("kvasir", 1.0, "epochs", seed)], arms[("kvasir", 1.0, "steps", seed)]
+        assert (real.steps, real.samples_seen) == (steps.steps, steps.samples_seen) == (1, 2)
+        # the compute control: the same steps *and* samples seen as the arm it controls
+        assert (compute.steps, compute.samples_seen) == (epochs.steps, epochs.samples_seen) == (2, 4)
+        assert compute.synthetic_per_epoch == 0 and epochs.synthetic_per_epoch == 2
+    assert all(r.real_ids == sorted(TRAIN[:2]) for r in results)
+    evals, negatives = evaluation
+    figures = results[0].metrics
+    assert {"dice", "iou", "hd95", "miss_rate", "dice_small", "dice_medium", "dice_large", "n_small"} <= set(figures[evals])
+    assert set(figures[negatives]) == {"fp_rate", "n_frames"} and figures[negatives]["n_frames"] == 4
     summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
-    assert {(row["synthetic"], row["budget"]) for row in summary} == {
-        ("real only", "epochs"), ("real only", "steps"), ("real only", "compute"), ("kvasir", "epochs"),
-        ("kvasir", "steps")}
-    assert "± " in (tmp_path / "exp" / "table.md").read_text() and (tmp_path / "exp" / "plot.png").stat().st_size > 0
+    assert "full batch" in summary["rule"]
+    pairs = {(c["arm"], c["control"]) for c in summary["comparisons"] if c["figure"] == "dice" and c["data"] == evals}
+    assert pairs == {("kvasir r1, equal epochs", "real only"), ("kvasir r1, equal epochs", "real only, as long as ratio 1"),
+                     ("kvasir r1, equal steps", "real only"), ("real only, as long as ratio 1", "real only")}
+    first = next(c for c in summary["comparisons"] if c["figure"] == "dice")
+    assert first["difference"]["n"] == 2 and first["difference"]["low"] <= first["difference"]["mean"] <= first["difference"]["high"]
+    table = (tmp_path / "exp" / "table.md").read_text()
+    assert "Budget rule" in table and "95 % CI" in table and "FP rate" in table and "samples seen" in table
+    assert (tmp_path / "exp" / "plot.png").stat().st_size > 0
+
     lines = (tmp_path / "exp" / "trials.jsonl").read_text()
     assert run_experiment(spec) == results and (tmp_path / "exp" / "trials.jsonl").read_text() == lines  # resumed
-    other = ExperimentSpec(**{**vars(spec), "settings": TrainSettings(size=64, epochs=1, batch_size=2)})
+    other = spec_for(tmp_path, spec.synthetic, evaluation, settings=TrainSettings(size=64, epochs=1, batch_size=2))
     with pytest.raises(TrainError, match="holds trials of another experiment"):
         run_experiment(other)  # never answered from results trained at another size
     (tmp_path / "exp" / "trials.jsonl").write_text(lines + lines.splitlines()[0][:40])  # killed mid-append
@@ -59,29 +95,130 @@ def test_a_small_experiment_trains_every_arm_once_and_resumes(tmp_path):
         run_experiment(spec)  # never answered from results trained on the old pixels
 
 
-def test_donors_outside_the_real_subset_are_refused(tmp_path):
-    table = pa.table({"sample_id": ["a", "b"], "donor_id": ["img1/0", "img2/1"],
-                      "image": pa.array([{"bytes": b"", "path": ""}] * 2), "mask": pa.array([{"bytes": b"", "path": ""}] * 2)})
-    pq.write_table(table, tmp_path / "shard.parquet")
-    assert donor_sources([str(tmp_path / "shard.parquet")]) == {"img1", "img2"}
-    check_fair("t", str(tmp_path / "shard.parquet"), {"img1", "img2", "img3"}, {"img9"})
-    with pytest.raises(TrainError, match="not among the trial's real images"):
-        check_fair("t", str(tmp_path / "shard.parquet"), {"img1"}, set())
-    with pytest.raises(TrainError, match="1 donor images are evaluation images"):  # without --real-n too
-        check_fair("t", str(tmp_path / "shard.parquet"), None, {"img2", "img7"})
+def test_equal_epoch_steps_count_full_batches():
+    spec = ExperimentSpec(real="r", synthetic={"s": "s"}, evals=["e"], ratios=[0, 0.5, 2], seeds=1, real_n=None,
+                          out="o", settings=TrainSettings(epochs=3, batch_size=8))
+    steps = {(t.synthetic, t.ratio, t.budget): t.steps for t in trials(spec, 50)}
+    # ⌈3 · (50 + 25) / 8⌉ = 29 and ⌈3 · (50 + 100) / 8⌉ = 57: what the synthetic arms train at equal epochs
+    assert steps[(None, 0.5, "compute")] == 29 and steps[(None, 2.0, "compute")] == 57
+    assert steps[("s", 2.0, "steps")] == 19  # ⌈3 · 50 / 8⌉: the real-only arm's
 
 
-def test_trials_run_as_ray_tasks(tmp_path):
+def _donor_shard(path, donor_sources):
+    table = pa.table({"sample_id": [f"s{i}" for i in range(len(donor_sources))],
+                      "donor_id": [f"{source}/0" for source in donor_sources],
+                      "source_frame": [str(DATA / "normal-mucosa" / f"{i}.jpg") for i in range(len(donor_sources))],
+                      "source_sha256": ["0" * 64] * len(donor_sources),
+                      "image": pa.array([{"bytes": encode_png(np.full((8, 8, 3), i, np.uint8)), "path": ""}
+                                         for i in range(len(donor_sources))]),
+                      "mask": pa.array([{"bytes": encode_png(np.zeros((8, 8), np.uint8)), "path": ""}] * len(donor_sources))})
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_every_path_of_an_evaluation_image_into_training_is_refused(tmp_path, evaluation):
+    evals, negatives = evaluation
+    test_pairs = kvasir_pairs(KVASIR, "test", 2)
+
+    def refused(synthetic, match, **changes):
+        with pytest.raises(TrainError, match=match):
+            run_experiment(spec_for(tmp_path, synthetic, evaluation, **changes))
+        assert not (tmp_path / "exp" / "trials.jsonl").exists()  # refused before any training
+
+    with pytest.raises(TrainError, match=f"2 training images are evaluation images \\({min(TEST[:2])}"):
+        run_experiment(spec_for(tmp_path, {}, evaluation, real=f"{KVASIR}:{ids_file(tmp_path / 'r.txt', TEST[:2])}"))
+
+    same = str(tmp_path / "same")  # a synthetic set identical to the evaluation set
+    write_gated_run(same, test_pairs, "same", size=32)
+    refused({"s": same}, "samples are evaluation images", evals=[same], negatives=[])
+
+    hosts = str(tmp_path / "hosts")  # painted on evaluation frames (their polyp-free side keeps their ids)
+    write_gated_run(hosts, test_pairs, "hosts", size=32)
+    refused({"s": hosts}, f"host frames include 2 evaluation images \\({', '.join(sorted(TEST[:2]))}\\)")
+
+    donors = _donor_shard(tmp_path / "donors.parquet", [TRAIN[0], TEST[3]])
+    refused({"s": donors}, f"donor lesions include 1 evaluation images \\({TEST[3]}\\)", real_n=None)
+    refused({"s": _donor_shard(tmp_path / "d2.parquet", [TRAIN[0], TRAIN[5]])}, "not among the trial's real images")
+
+    for name, lineage, match in (
+        ("reference", Lineage(reference=ImageKeys.of([TEST[2]]), gated=True), "the gate's reference images include"),
+        ("negatives", Lineage(negatives=ImageKeys.of([], [_sha(DATA / "normal-mucosa" / "1500.jpg")]), gated=True), "probe negatives include"),
+        ("unrecorded", None, "does not record which real images"),
+    ):
+        run = str(tmp_path / name)
+        write_gated_run(run, kvasir_pairs(KVASIR, "train", 2), name, size=32, reference=lineage)
+        export_runs([run], ExportOptions(out=str(tmp_path / f"{name}-export"), format="folders"))
+        refused({"s": str(tmp_path / f"{name}-export")}, match)
+        if lineage is not None:  # all samples exported, the gate chose none: its reference is not their lineage
+            export_runs([run], ExportOptions(out=str(tmp_path / f"{name}-all"), include_rejected=True))
+            manifest = json.loads((tmp_path / f"{name}-all" / "manifest.json").read_text())
+            assert not manifest["runs"][0]["lineage"]["gated"]
+
+
+def _sha(path):
+    from pipeline.core.digests import sha256_hex
+
+    return sha256_hex(path.read_bytes())
+
+
+def test_the_real_chain_gate_export_experiment(tmp_path, evaluation):
+    """Nothing fabricated: host frames cut by `frames polyp-free`, a donor library, a transplant run, a
+    gate whose reference is built on first use, an export, and the experiment on it."""
+    evals, negatives = evaluation
+    subset = ids_file(tmp_path / "subset.txt", TRAIN[:9])  # two of them have a polyp-free side
+    for command in (["frames", "polyp-free", "--split", subset, "--out", str(tmp_path / "hosts")],
+                    ["donors", "build", "--split", subset, "--out", str(tmp_path / "donors.parquet")]):
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--images", str(KVASIR / "images"), "--masks", str(KVASIR / "masks")])
+        assert done.value.code == 0
+    job = {
+        "run_id": "chain", "seed": 1, "samples": 8, "shard_size": 4, "output": str(tmp_path),
+        "frames": {"source": str(tmp_path / "hosts"), "min_size": 64},
+        "prompts": {"bank": "prompts/clinical.yaml"}, "masks": {"preset": "masks/default.yaml"},
+        "engine": {"kind": "transplant", "donors": str(tmp_path / "donors.parquet"), "output_resolution": 128},
+        "gate": {"device": "cpu", "shard_kid_max": None, "acceptance_min": None,
+                 "reference": {"path": str(tmp_path / "reference"), "images": str(KVASIR / "images"),
+                               "masks": str(KVASIR / "masks"), "negatives": str(DATA / "normal-mucosa"),
+                               "split": ids_file(tmp_path / "ref.txt", TRAIN[10:16]), "limit": 6}},
+    }
+    (tmp_path / "job.yaml").write_text(json.dumps(job))
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(tmp_path / "job.yaml")])
+    assert done.value.code == 0
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(tmp_path / "chain"), "--out", str(tmp_path / "ex")])
+    assert done.value.code == 0
+    lineage = Lineage.model_validate(json.loads((tmp_path / "ex" / "manifest.json").read_text())["runs"][0]["lineage"])
+    assert set(lineage.donors.ids) <= set(TRAIN[:9]) and set(lineage.hosts.ids) == {TRAIN[4], TRAIN[8]}
+    assert lineage.reference.ids == sorted(TRAIN[10:16]) and len(lineage.negatives.sha256) == 6
+
+    results = run_experiment(spec_for(tmp_path, {"transplant": str(tmp_path / "ex")}, evaluation, seeds=1, real_n=9))
+    assert {r.trial.key for r in results} == {"real-r0-s0-epochs", "real-r1-s0-compute", "transplant-r1-s0-epochs",
+                                              "transplant-r1-s0-steps"}
+    gate_negatives = f"{DATA / 'normal-mucosa'}:{ids_file(tmp_path / 'n.txt', [stem(str(p)) for p in sorted((DATA / 'normal-mucosa').glob('*.jpg'))[:1]])}"
+    with pytest.raises(TrainError, match="probe negatives include 1 evaluation images"):
+        run_experiment(spec_for(tmp_path, {"transplant": str(tmp_path / "ex")}, evaluation, seeds=1, real_n=9,
+                                negatives=[gate_negatives], out=str(tmp_path / "exp2")))
+
+
+def test_trials_with_a_synthetic_arm_run_as_ray_tasks(tmp_path, evaluation):
     import ray
 
     run = str(tmp_path / "run")
-    write_gated_run(run, kvasir_pairs(KVASIR, "test", 2), "ray", size=32)
-    spec = ExperimentSpec(real=f"{KVASIR}:train", synthetic={"kvasir": run}, evals=[run], ratios=[0], seeds=2,
-                          real_n=2, out=str(tmp_path / "exp"), settings=TrainSettings(size=32, epochs=1, batch_size=2),
-                          executor="ray", ray_address="local")  # never another test's cluster
+    write_gated_run(run, kvasir_pairs(KVASIR, "train", 2), "ray", size=32)
+    spec = spec_for(tmp_path, {"kvasir": run}, evaluation, seeds=1, executor="ray", ray_address="local")
     try:
-        results = run_experiment(spec)
+        results = run_experiment(spec)  # a local Ray of its own: never another test's cluster
     finally:
         ray.shutdown()
-    assert [(r.trial.key, r.steps) for r in results] == [("real-r0-s0-epochs", 1), ("real-r0-s1-epochs", 1)]
-    assert (tmp_path / "exp" / "checkpoints" / "real-r0-s1-epochs.safetensors").exists()
+    assert sorted((r.trial.key, r.steps) for r in results) == [
+        ("kvasir-r1-s0-epochs", 2), ("kvasir-r1-s0-steps", 1), ("real-r0-s0-epochs", 1), ("real-r1-s0-compute", 2)]
+    assert (tmp_path / "exp" / "checkpoints" / "kvasir-r1-s0-epochs.safetensors").exists()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task of one CPU runs: the same sums in the same order
+    try:
+        local = run_experiment(spec_for(tmp_path, {"kvasir": run}, evaluation, seeds=1, out=str(tmp_path / "local")))
+    finally:
+        torch.set_num_threads(threads)
+    # the same trials in-process: Ray changes where trials run, not what they learn
+    assert {r.trial.key: r.metrics for r in results} == {r.trial.key: r.metrics for r in local}

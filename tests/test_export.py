@@ -2,11 +2,14 @@
 glue (datasets for Parquet, the folder loader for folders), same bytes on a re-run, manifest last."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core import storage
+from pipeline.core.digests import sha256_hex
 from pipeline.core.images import decode_png
 from pipeline.data.sources import resolve
 from pipeline.errors import ExportError, GateError
@@ -36,8 +39,9 @@ def test_parquet_export_holds_accepted_unique_samples_and_loads_with_datasets(ru
     assert manifest.samples == len(expected) == 9
     assert [r.duplicates for r in manifest.runs] == [0, 2] and [r.accepted for r in manifest.runs] == [5, 6]
     assert [f.rows for f in manifest.files if f.path.endswith(".parquet")] == [4, 4, 1]
-    for file in manifest.files:  # the checksums are those of the files
-        assert storage.read_bytes(str(tmp_path / "ex" / file.path)).__len__() == file.bytes
+    for file in manifest.files:  # the sizes and checksums are those of the files
+        data = storage.read_bytes(str(tmp_path / "ex" / file.path))
+        assert len(data) == file.bytes and sha256_hex(data) == file.sha256
 
     ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "ex"), split="train",
                                cache_dir=str(tmp_path / "cache"))
@@ -62,7 +66,7 @@ def test_rerun_gives_the_same_bytes_and_removes_stale_files(runs, tmp_path):
     assert sorted(files) == sorted([f.path for f in first.files] + ["manifest.json"])
 
 
-def test_folder_export_reads_with_the_folder_loader(runs, tmp_path):
+def test_folder_export_reads_with_the_folder_loader_and_carries_its_provenance(runs, tmp_path):
     root, a, _ = runs
     manifest = export_runs([str(root / "a")], ExportOptions(out=str(tmp_path / "f"), format="folders",
                                                             include_rejected=True))
@@ -71,6 +75,18 @@ def test_folder_export_reads_with_the_folder_loader(runs, tmp_path):
     assert sorted(ref.sample_id for ref in refs) == sorted(a)
     mask = decode_png((tmp_path / "f" / "masks" / f"{a[0]}.png").read_bytes())
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    metadata = pq.read_table(tmp_path / "f" / "metadata.parquet")  # what the pixels were made from, per sample
+    assert metadata.column("sample_id").to_pylist() == a and "image" not in metadata.column_names
+    assert [Path(f).stem for f in metadata.column("source_frame").to_pylist()] == [Path(i).stem for i, _ in PAIRS[:6]]
+    assert metadata.column("reasons").to_pylist()[1] == ["unpainted"]
+    files = {f.path: f for f in manifest.files}
+    assert files["metadata.parquet"].sha256 == sha256_hex((tmp_path / "f" / "metadata.parquet").read_bytes())
+    lineage = manifest.runs[0].lineage  # every sample out, the gate chose none: only donors and hosts
+    assert lineage.hosts.ids == sorted(Path(i).stem for i, _ in PAIRS[:6]) and not lineage.gated
+    gated = export_runs([str(root / "a")], ExportOptions(out=str(tmp_path / "g"), format="folders"))
+    assert gated.runs[0].lineage.gated and Path(PAIRS[1][0]).stem not in gated.runs[0].lineage.hosts.ids
+    export_runs([str(root / "a")], ExportOptions(out=str(tmp_path / "f")))  # Parquet over a folders export
+    assert not (tmp_path / "f" / "metadata.parquet").exists() and not list((tmp_path / "f" / "images").glob("*.png"))
 
 
 def test_refusals(runs, tmp_path):

@@ -16,8 +16,16 @@ from pipeline.data.sources import resolve
 from pipeline.errors import TrainError
 from pipeline.testing.data import shared_data
 from pipeline.testing.runs import kvasir_pairs, write_gated_run
-from pipeline.train.metrics import segment_metrics
+from pipeline.train.metrics import (
+    BinFigures,
+    by_size,
+    false_positive,
+    largest_region,
+    segment_metrics,
+    size_bin,
+)
 from pipeline.train.model import build_unet, load_checkpoint, read_record
+from pipeline.train.paired import paired_difference
 from pipeline.train.segment import TrainSettings, train
 
 KVASIR = shared_data() / "kvasir-seg"
@@ -64,6 +72,7 @@ def test_short_training_lowers_the_loss_and_a_seed_repeats(tmp_path):
     result = train(refs, settings, tmp_path / "a.safetensors", real_specs=[f"{KVASIR}:train"])
     model, record = load_checkpoint(result.checkpoint)
     assert record == result.record and record.steps == 5 and record.real_ids == sorted(r.sample_id for r in refs)
+    assert record.samples_seen == 20
     after = _loss(model, refs)
     assert after < 0.85 * before, (before, after)
 
@@ -84,7 +93,38 @@ def test_metrics_conventions():
     assert segment_metrics(np.zeros_like(label), np.zeros_like(label)).dice == 1
     shifted = segment_metrics(np.roll(label, 3, axis=1), label)  # 3 px right: overlap 17 of 20 columns
     assert shifted.dice == pytest.approx(17 / 20) and shifted.iou == pytest.approx(17 / 23)
-    assert shifted.hd95 == pytest.approx(3, abs=0.01)
+    assert shifted.hd95 == pytest.approx(3, abs=0.01) and shifted.area == pytest.approx(200 / 2000)
+
+
+def test_sizes_misses_and_false_positives():
+    assert [size_bin(a) for a in (0.0, 0.0199, 0.02, 0.0799, 0.08, 1.0)] == ["small", "small", "medium", "medium",
+                                                                              "large", "large"]
+    label = np.zeros((100, 100), bool)
+    label[:10, :10] = True  # 1 % of the frame: small
+    hit, miss = segment_metrics(label, label), segment_metrics(np.roll(label, 50, axis=0), label)
+    sizes = by_size({"hit": hit, "miss": miss})
+    assert sizes["small"] == BinFigures(2, 0.5, 0.5, 0.5) and sizes["large"].n == 0 and sizes["large"].dice is None
+    speck = np.zeros((100, 100), bool)
+    speck[5, 5] = True  # one pixel, and a 3×3 blob: 9 of 10,000 pixels
+    speck[50:53, 50:53] = True
+    assert largest_region(speck) == pytest.approx(9 / 10000) and not false_positive(largest_region(speck))
+    speck[60:64, 60:64] = True  # 16 pixels: 0.16 % of the frame
+    assert false_positive(largest_region(speck)) and largest_region(np.zeros((4, 4), bool)) == 0
+
+
+def test_paired_differences_match_the_paired_t_interval():
+    from scipy import stats
+
+    arm, control = [0.61, 0.66, 0.58, 0.70, 0.64], [0.58, 0.62, 0.55, 0.66, 0.61]
+    d = np.subtract(arm, control)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    result = paired_difference(arm, control)
+    assert result.mean == pytest.approx(d.mean()) and (result.low, result.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert result.verdict() == "better" and result.verdict(higher_is_better=False) == "worse"
+    assert paired_difference([0.5, 0.7], [0.6, 0.5]).verdict() == "no claim"
+    same = paired_difference([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
+    assert (same.low, same.high) == pytest.approx((0.1, 0.1))
+    assert paired_difference([0.5], [0.4]) is None
 
 
 def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
@@ -99,12 +139,16 @@ def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
               "--out", ckpt])
     assert done.value.code == 0
     capsys.readouterr()
+    (tmp_path / "three.txt").write_text("10\n11\n12\n")
     with pytest.raises(SystemExit) as done:
-        main(["evaluate", ckpt, "--data", str(tmp_path / "ex"), "--data", f"{tmp_path / 'ex'}"])
+        main(["evaluate", ckpt, "--data", str(tmp_path / "ex"), "--data", f"{tmp_path / 'ex'}",
+              "--negatives", f"{shared_data() / 'normal-mucosa'}:{tmp_path / 'three.txt'}"])
     assert done.value.code == 0
     report = json.loads(capsys.readouterr().out)
-    assert [s["n"] for s in report["sets"]] == [4, 4]
+    assert [s["n"] for s in report["sets"]] == [4, 4, 3]
     assert set(report["sets"][0]["mean"]) == {"dice", "iou", "precision", "recall", "hd95"}
+    assert sum(f["n"] for f in report["sets"][0]["by_size"].values()) == 4 and 0 <= report["sets"][0]["miss_rate"] <= 1
+    assert set(report["sets"][2]["largest_region"]) == {"10", "11", "12"} and 0 <= report["sets"][2]["fp_rate"] <= 1
     with pytest.raises(SystemExit) as done:
         main(["train", "--real", str(tmp_path / "ex"), "--size", "65", "--out", ckpt])
     assert done.value.code == 2 and "size" in capsys.readouterr().err

@@ -141,6 +141,7 @@ EXPORT_DATA_DIR = "data"
 EXPORT_IMAGE_DIR = "images"
 EXPORT_MASK_DIR = "masks"
 EXPORT_CARD_FILE = "README.md"
+EXPORT_METADATA_FILE = "metadata.parquet"  # folders exports: every column but the pixels, one row per sample
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,10 @@ class ExportLayout:
     @staticmethod
     def mask_path(sample_id: str) -> str:
         return f"{EXPORT_MASK_DIR}/{sample_id}.png"
+
+    @property
+    def metadata(self) -> str:
+        return storage.join(self.root, EXPORT_METADATA_FILE)
 
     def url(self, relative: str) -> str:
         return storage.join(self.root, relative)

@@ -41,7 +41,12 @@ def provenance(schema: pa.Schema) -> dict[str, Any]:
 
 def read(url: str, columns: list[str] | None = None) -> pa.Table:
     """A whole table (or some columns); raises FileNotFoundError / pa.ArrowInvalid / OSError."""
-    return pq.read_table(pa.BufferReader(storage.read_bytes(url)), columns=columns)
+    return table_from_bytes(storage.read_bytes(url), columns)
+
+
+def table_from_bytes(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """The table (or some columns) of a Parquet file's bytes already in memory."""
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 def read_footer(url: str) -> pq.ParquetFile:

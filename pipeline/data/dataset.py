@@ -1,10 +1,19 @@
 """PyTorch datasets of image–mask pairs: real folders, exports and shards, real and synthetic mixed.
 
-`PairStream` is an `IterableDataset`, so shards stream from object storage without a local copy. Each
-epoch has one order of pairs, fixed by (seed, epoch); every (distributed rank, DataLoader worker)
-takes one contiguous slice of it, so together they yield every pair exactly once: no overlap, no
-loss (ranks may differ by one pair). Shuffling permutes whole Parquet files, then rows inside each,
-so a slice reads each of its files once.
+Both are `IterableDataset`s, so shards stream from object storage without a local copy.
+
+- `PairStream`: every pair once per epoch (plus the epoch's synthetic draw), for evaluation and for
+  trainers of your own. Every (distributed rank, DataLoader worker) takes one contiguous slice of
+  the epoch's order, so together they yield every pair exactly once (ranks may differ by one pair).
+- `TrainBatches`: what the reference trainer reads: whole batches, a fixed number of them, each
+  holding real and synthetic pairs at the ratio (± 1 pair) whatever the files look like, so two
+  arms of an experiment differ in their data only, never in how it was mixed or how many samples
+  they saw. Batches are dealt round-robin to ranks and workers: the sequence, and every batch's
+  augmentation, is the same with any number of workers.
+
+An epoch's order (`epoch_order`) shuffles real and synthetic pairs separately and interleaves them
+evenly. Synthetic pairs are shuffled by blocks (whole Parquet files in random order, rows shuffled
+inside each), so a worker reads each file once per run of batches instead of once per row.
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.core.digests import seed_from
 from pipeline.core.images import resize_image, resize_mask
-from pipeline.data.sources import PairRef, read_pairs
+from pipeline.data.sources import PairRef, TableCache, read_pairs
+from pipeline.errors import TrainError
+
+Transform = Callable[..., dict]
 
 
 @dataclass(frozen=True)
@@ -29,8 +41,17 @@ class Sample:
     sample_id: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # (N, 3, H, W)
+    masks: torch.Tensor  # (N, 1, H, W)
+    sample_ids: list[str]
+    index: int = -1  # position in the training sequence (TrainBatches); -1 elsewhere
+
+
 def train_transform(size: int) -> A.Compose:
-    """The usual segmentation recipe: resize, flips, 90° rotations, small affine, colour jitter."""
+    """The usual segmentation recipe: resize, flips, 90° rotations, small affine, colour jitter.
+    Seeded per batch by the trainer (`Compose.set_random_seed`, albumentations ≥ 1.4.21)."""
     return A.Compose([
         A.Resize(size, size),
         A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
@@ -41,6 +62,17 @@ def train_transform(size: int) -> A.Compose:
 
 def eval_transform(size: int) -> A.Compose:
     return A.Compose([A.Resize(size, size)])
+
+
+def seed_transform(transform: Transform | None, seed: int) -> None:
+    """Make the transform's next draws a function of `seed` alone; a transform that cannot be seeded
+    is refused, since an unseeded augmentation makes two runs of one seed differ."""
+    if transform is None:
+        return
+    if not hasattr(transform, "set_random_seed"):
+        raise TrainError(f"{type(transform).__name__} cannot be seeded (albumentations ≥ 1.4.21 has "
+                           "Compose.set_random_seed): upgrade albumentations")
+    transform.set_random_seed(seed % 2**32)
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +88,16 @@ def partition(total: int, parts: int, part: int) -> slice:
     return slice(part * total // parts, (part + 1) * total // parts)
 
 
+def interleave(real: int, synthetic: int) -> np.ndarray:
+    """Which positions of an epoch of `real + synthetic` pairs are synthetic (boolean mask): position
+    k is iff ⌊(k+1)·s/n⌋ > ⌊k·s/n⌋, with s = synthetic and n = real + synthetic. Any B consecutive
+    positions then hold ⌊B·s/n⌋ or ⌈B·s/n⌉ synthetic pairs, also across the boundary between two
+    epochs (the pattern repeats exactly, since n·s/n is whole)."""
+    n = real + synthetic
+    k = np.arange(n)
+    return ((k + 1) * synthetic // n) > (k * synthetic // n) if n else np.zeros(0, bool)
+
+
 def _shuffled(refs: list[PairRef], rng: np.random.Generator) -> list[PairRef]:
     """Blocks of consecutive refs from one source file in random order, each block shuffled inside."""
     blocks: list[list[PairRef]] = []
@@ -68,6 +110,29 @@ def _shuffled(refs: list[PairRef], rng: np.random.Generator) -> list[PairRef]:
     return [blocks[b][i] for b in order for i in rng.permutation(len(blocks[b]))]
 
 
+def synthetic_count(real: int, ratio: float, synthetic_available: int) -> int:
+    """Synthetic pairs per epoch: round(ratio · real), none without synthetic data."""
+    return round(ratio * real) if synthetic_available else 0
+
+
+def epoch_order(real: list[PairRef], synthetic: list[PairRef], ratio: float, seed: int, epoch: int,
+                shuffle: bool = True) -> list[PairRef]:
+    """The pairs of one epoch, in order: every real pair once, and `synthetic_count` synthetic pairs (a
+    fresh draw each epoch, cycled when there are fewer), spread evenly among them (`interleave`).
+    The same for every rank and worker: a function of (seed, epoch) only."""
+    rng = np.random.default_rng(seed_from(f"pairs/{seed}/{epoch}"))
+    count = synthetic_count(len(real), ratio, len(synthetic))
+    extra: list[PairRef] = []
+    if count:
+        cycles = -(-count // len(synthetic))
+        draw = np.concatenate([rng.permutation(len(synthetic)) for _ in range(cycles)])
+        extra = [synthetic[i] for i in sorted(draw[:count])]
+    if shuffle:
+        real, extra = [real[i] for i in rng.permutation(len(real))], _shuffled(extra, rng)
+    real_iter, extra_iter = iter(real), iter(extra)
+    return [next(extra_iter) if is_synthetic else next(real_iter) for is_synthetic in interleave(len(real), count)]
+
+
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
         return rank, world_size
@@ -76,15 +141,50 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return 0, 1
 
 
+def _part_and_parts(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's place among every (rank, DataLoader worker) of the job."""
+    rank, world = _rank_and_world(rank, world_size)
+    worker = get_worker_info()
+    workers, index = (worker.num_workers, worker.id) if worker else (1, 0)
+    return rank * workers + index, world * workers
+
+
+class _PairSource:
+    """Reads pairs, optionally keeping each decoded and resized to a square size in memory (per
+    process) after its first read: for transforms that begin by resizing to it, the same pixels at a
+    fraction of the cost (a 1920×1072 JPEG decodes in tens of ms). Use it with in-process loading."""
+
+    def __init__(self, cache_size: int | None):
+        self.cache_size = cache_size
+        self._cache: dict[PairRef, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables = TableCache()
+
+    def pairs(self, refs: list[PairRef]) -> Iterator[tuple[PairRef, np.ndarray, np.ndarray]]:
+        if self.cache_size is None:
+            yield from read_pairs(refs, self._tables)
+            return
+        size = (self.cache_size, self.cache_size)
+        missing = sorted({ref for ref in refs if ref not in self._cache}, key=lambda r: (r.source, r.row))
+        for ref, image, mask in read_pairs(missing, self._tables):
+            self._cache[ref] = resize_image(image, size), resize_mask(mask, size)
+        for ref in refs:
+            yield (ref, *self._cache[ref])
+
+
+def _samples(source: _PairSource, refs: list[PairRef], transform: Transform | None) -> Iterator[Sample]:
+    for ref, image, mask in source.pairs(refs):
+        if transform is not None:
+            out = transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image_t, mask_t = to_tensors(image, mask)
+        yield Sample(image_t, mask_t, ref.sample_id)
+
+
 class PairStream(IterableDataset):
     """Image–mask tensors of `real` pairs, plus `round(ratio · len(real))` of `synthetic` per epoch
-    (a fresh draw each epoch; cycled when there are fewer). Call `set_epoch` before each epoch.
+    (`epoch_order`). Call `set_epoch` before each epoch. `cache_size`: see `_PairSource`."""
 
-    `cache_size`: keep each pair, decoded and resized to that square size, in memory (per process)
-    after its first read — for transforms that begin by resizing to it, the same pixels at a fraction
-    of the cost (a 1920×1072 JPEG decodes in tens of ms). Use it with in-process loading (no workers)."""
-
-    def __init__(self, real: list[PairRef], transform: Callable[..., dict] | None, *,
+    def __init__(self, real: list[PairRef], transform: Transform | None, *,
                  synthetic: list[PairRef] = (), ratio: float = 0.0, seed: int = 0, shuffle: bool = True,
                  rank: int | None = None, world_size: int | None = None, cache_size: int | None = None):
         self.real, self.synthetic, self.ratio = list(real), list(synthetic), ratio
@@ -93,15 +193,14 @@ class PairStream(IterableDataset):
         self.transform, self.seed, self.shuffle = transform, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.cache_size = cache_size
-        self._cache: dict[PairRef, tuple[np.ndarray, np.ndarray]] = {}
+        self._source = _PairSource(cache_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     @property
     def synthetic_per_epoch(self) -> int:
-        return round(self.ratio * len(self.real)) if self.synthetic else 0
+        return synthetic_count(len(self.real), self.ratio, len(self.synthetic))
 
     def __len__(self) -> int:
         """Pairs per epoch over all ranks and workers."""
@@ -109,49 +208,78 @@ class PairStream(IterableDataset):
 
     def epoch_refs(self) -> list[PairRef]:
         """This epoch's pairs, in this epoch's order (the same in every rank and worker)."""
-        rng = np.random.default_rng(seed_from(f"pairs/{self.seed}/{self.epoch}"))
-        extra: list[PairRef] = []
-        if self.synthetic_per_epoch:
-            cycles = -(-self.synthetic_per_epoch // len(self.synthetic))
-            draw = np.concatenate([rng.permutation(len(self.synthetic)) for _ in range(cycles)])
-            extra = [self.synthetic[i] for i in sorted(draw[: self.synthetic_per_epoch])]
-        refs = self.real + extra
-        return _shuffled(refs, rng) if self.shuffle else refs
+        return epoch_order(self.real, self.synthetic, self.ratio, self.seed, self.epoch, self.shuffle)
 
     def __iter__(self) -> Iterator[Sample]:
-        rank, world = _rank_and_world(self.rank, self.world_size)
-        worker = get_worker_info()
-        workers, index = (worker.num_workers, worker.id) if worker else (1, 0)
-        part = rank * workers + index
-        mine = self.epoch_refs()[partition(len(self), world * workers, part)]
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed_from(f"augment/{self.seed}/{self.epoch}/{part}") % 2**32)
-        for ref, image, mask in self._pairs(mine):
-            if self.transform is not None:
-                out = self.transform(image=image, mask=mask)
-                image, mask = out["image"], out["mask"]
-            image_t, mask_t = to_tensors(image, mask)
-            yield Sample(image_t, mask_t, ref.sample_id)
-
-    def _pairs(self, refs: list[PairRef]) -> Iterator[tuple[PairRef, np.ndarray, np.ndarray]]:
-        if self.cache_size is None:
-            yield from read_pairs(refs)
-            return
-        size = (self.cache_size, self.cache_size)
-        for ref, image, mask in read_pairs([ref for ref in refs if ref not in self._cache]):
-            self._cache[ref] = resize_image(image, size), resize_mask(mask, size)
-        for ref in refs:
-            yield (ref, *self._cache[ref])
+        part, parts = _part_and_parts(self.rank, self.world_size)
+        mine = self.epoch_refs()[partition(len(self), parts, part)]
+        seed_transform(self.transform, seed_from(f"augment/{self.seed}/{self.epoch}/{part}"))
+        yield from _samples(self._source, mine, self.transform)
 
 
-@dataclass(frozen=True)
-class Batch:
-    images: torch.Tensor  # (N, 3, H, W)
-    masks: torch.Tensor  # (N, 1, H, W)
-    sample_ids: list[str]
-
-
-def collate(samples: list[Sample]) -> Batch:
+def collate(samples: list[Sample], index: int = -1) -> Batch:
     """DataLoader `collate_fn` for `Sample`s."""
     return Batch(torch.stack([s.image for s in samples]), torch.stack([s.mask for s in samples]),
-                 [s.sample_id for s in samples])
+                 [s.sample_id for s in samples], index)
+
+
+class TrainBatches(IterableDataset):
+    """`steps` whole batches of `batch_size` pairs, cut from the epochs of `epoch_order` laid end to end
+    (a batch may finish one epoch and start the next), so every arm sees exactly steps × batch_size
+    pairs, each batch at the ratio ± 1. Batch k goes to part k mod parts (parts = ranks × DataLoader
+    workers); with a DataLoader use `batch_size=None` (its round-robin over workers then yields
+    batches 0, 1, 2, … in order). Batch k's augmentation is seeded by (seed, k): the same pixels with
+    any number of workers."""
+
+    def __init__(self, real: list[PairRef], transform: Transform | None, *, batch_size: int, steps: int,
+                 synthetic: list[PairRef] = (), ratio: float = 0.0, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, cache_size: int | None = None):
+        if ratio > 0 and not synthetic:
+            raise ValueError("a synthetic ratio above 0 needs synthetic pairs")
+        if not real or batch_size <= 0 or steps < 0:
+            raise ValueError("TrainBatches needs real pairs, batch_size ≥ 1 and steps ≥ 0")
+        self.real, self.synthetic, self.ratio = list(real), list(synthetic), ratio
+        self.transform, self.batch_size, self.steps, self.seed = transform, batch_size, steps, seed
+        self.rank, self.world_size = rank, world_size
+        self._source = _PairSource(cache_size)
+
+    @property
+    def synthetic_per_epoch(self) -> int:
+        return synthetic_count(len(self.real), self.ratio, len(self.synthetic))
+
+    @property
+    def epoch_length(self) -> int:
+        return len(self.real) + self.synthetic_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch_of(self, index: int) -> int:
+        """The epoch batch `index` begins in."""
+        return index * self.batch_size // self.epoch_length
+
+    def batch_refs(self, index: int, orders: dict[int, list[PairRef]] | None = None) -> list[PairRef]:
+        """The pairs of batch `index`: positions [index·B, (index+1)·B) of the epochs laid end to end.
+        `orders` keeps the epoch orders computed so far (the last two) between calls."""
+        orders = {} if orders is None else orders
+        refs: list[PairRef] = []
+        position, n = index * self.batch_size, self.epoch_length
+        while len(refs) < self.batch_size:
+            epoch = position // n
+            if epoch not in orders:
+                for old in sorted(orders)[:-1]:
+                    del orders[old]
+                orders[epoch] = epoch_order(self.real, self.synthetic, self.ratio, self.seed, epoch)
+            begin = position - epoch * n
+            chunk = orders[epoch][begin:begin + self.batch_size - len(refs)]
+            refs.extend(chunk)
+            position += len(chunk)
+        return refs
+
+    def __iter__(self) -> Iterator[Batch]:
+        part, parts = _part_and_parts(self.rank, self.world_size)
+        orders: dict[int, list[PairRef]] = {}  # one epoch's order, computed once per process
+        for index in range(part, self.steps, parts):
+            refs = self.batch_refs(index, orders)
+            seed_transform(self.transform, seed_from(f"augment/{self.seed}/{index}"))
+            yield collate(list(_samples(self._source, refs, self.transform)), index)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from pipeline.core import parquet, storage
 from pipeline.core.digests import json_digest, sha256_hex
 from pipeline.core.images import decode_png
-from pipeline.core.labelled import binary_label, labelled_pairs, read_split
+from pipeline.core.labelled import binary_label, files_by_id, labelled_pairs, read_split
 from pipeline.core.layout import (
     EXPORT_CARD_FILE,
     EXPORT_DATA_DIR,
@@ -31,6 +31,7 @@ from pipeline.core.layout import (
     SHARD_DIR,
     ExportLayout,
 )
+from pipeline.core.lineage import ImageKeys, Lineage
 from pipeline.errors import DataError
 from pipeline.export.manifest import ExportManifest
 
@@ -118,13 +119,91 @@ def shard_refs(spec: DataSpec) -> list[PairRef]:
     return refs
 
 
-def content_digest(refs: list[PairRef]) -> str:
-    """Identity of a set's pixels and labels: the sha256 of every file it reads (each once) and the rows
-    it takes, so data regenerated or re-gated at the same path is another data set. It reads every
-    byte (about 1 s per GB here): once per experiment, small beside training."""
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a set is, by content: `digest` (its pixels and labels: data regenerated or re-gated at the
+    same path is another set) and `keys` (its images, by id and SHA-256: for leakage checks)."""
+
+    digest: str
+    keys: ImageKeys
+
+
+def fingerprint(refs: list[PairRef]) -> Fingerprint:
+    """Reads every byte of the set once (about 1 s per GB here): the SHA-256 of every file it reads and
+    the rows it takes make the digest; each pair's id and its image's SHA-256 make the keys."""
     files = {url for ref in refs for url in (ref.source, ref.mask) if url}
-    sha = {url: sha256_hex(storage.read_bytes(url)) for url in sorted(files)}
-    return json_digest([[sha[ref.source], ref.row, sha[ref.mask] if ref.mask else None] for ref in refs])
+    sha, image_sha = {}, {}
+    for url in sorted(files):
+        data = storage.read_bytes(url)
+        sha[url] = sha256_hex(data)
+        if url.endswith(".parquet") and any(ref.source == url and ref.mask is None for ref in refs):
+            column = parquet.table_from_bytes(data, ["image"]).column("image").to_pylist()
+            image_sha.update({(url, row): sha256_hex(cell["bytes"]) for row, cell in enumerate(column)})
+    digest = json_digest([[sha[ref.source], ref.row, sha[ref.mask] if ref.mask else None] for ref in refs])
+    keys = ImageKeys.of((ref.sample_id for ref in refs),
+                        (sha[ref.source] if ref.mask else image_sha[(ref.source, ref.row)] for ref in refs))
+    return Fingerprint(digest, keys)
+
+
+def _shard_lineage(files: list[str], rows: dict[str, set[int]] | None = None) -> Lineage:
+    """Donors and host frames named by the provenance columns of Parquet files (only `rows` of each)."""
+    donors, frames, frame_sha = [], [], []
+    for url in files:
+        with parquet.read_footer(url) as footer:
+            names = [n for n in ("donor_id", "source_frame", "source_sha256") if n in footer.schema_arrow.names]
+            table = footer.read(columns=names)
+        keep = sorted(rows[url]) if rows is not None else range(table.num_rows)
+        column = {name: table.column(name).to_pylist() for name in names}
+        donors += [column["donor_id"][i] for i in keep] if "donor_id" in column else []
+        frames += [column["source_frame"][i] for i in keep] if "source_frame" in column else []
+        frame_sha += [column["source_sha256"][i] for i in keep] if "source_sha256" in column else []
+    return Lineage.of_samples(donors, [f for f in frames if f], [s for s in frame_sha if s])
+
+
+def lineage(spec: DataSpec | str, refs: list[PairRef]) -> Lineage | None:
+    """The real images behind a synthetic set (`refs`, as `resolve` gave them): an export's manifest
+    says, with the gate's reference when the gate chose its samples (None: made before lineage was
+    recorded); a run's shards or Parquet files name their donors and host frames (every row is taken,
+    so no gate chose them). A labelled folder is its own images (its keys), with no lineage beyond."""
+    spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    names = storage.list_names(spec.root)
+    if _is_export(names):
+        return ExportManifest.read(spec.root).lineage
+    if EXPORT_IMAGE_DIR in names:
+        return Lineage()
+    rows: dict[str, set[int]] = {}
+    for ref in refs:
+        rows.setdefault(ref.source, set()).add(ref.row)
+    return _shard_lineage(sorted(rows), rows)
+
+
+def unlabelled_files(spec: DataSpec | str) -> dict[str, str]:
+    """id → URL of the images directly in a folder of frames without labels (polyp-free frames), only
+    the ids of its split when one is given (`DIR:ids.txt`)."""
+    spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
+    files = files_by_id(spec.root, DataError)
+    split = _split_url(spec)
+    ids = read_split(split, DataError) if split is not None else sorted(files)
+    missing = [i for i in ids if i not in files]
+    if missing:
+        raise DataError(f"{storage.join(spec.root, missing[0])}.*: no image for id {missing[0]} (listed in {split})")
+    if not ids:
+        raise DataError(f"{spec.root}: no images")
+    return {i: files[i] for i in ids}
+
+
+def files_fingerprint(files: dict[str, str]) -> Fingerprint:
+    """`fingerprint` of a set of unlabelled image files (id → URL)."""
+    sha = {key: sha256_hex(storage.read_bytes(url)) for key, url in files.items()}
+    return Fingerprint(json_digest(sorted(sha.items())), ImageKeys.of(sha, sha.values()))
+
+
+def read_image(url: str) -> np.ndarray:
+    """RGB uint8 pixels of one image file; a `DataError` naming it when it cannot be read."""
+    try:
+        return _decode(storage.read_bytes(url), url, False)
+    except OSError as exc:
+        raise DataError(f"{url}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def resolve(spec: DataSpec | str) -> list[PairRef]:
@@ -155,18 +234,33 @@ def _decode(data: bytes, url: str, mask: bool) -> np.ndarray:
     return pixels[..., :3]
 
 
-def read_pairs(refs: list[PairRef]) -> Iterator[tuple[PairRef, np.ndarray, np.ndarray]]:
+class TableCache:
+    """The image and mask columns of the last few Parquet files read: pairs asked for a few at a time
+    (a training batch) read each file once per run of requests, not once per request."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._tables: dict[str, pa.Table] = {}
+
+    def get(self, url: str) -> pa.Table:
+        if url not in self._tables:
+            while len(self._tables) >= self.keep:
+                del self._tables[next(iter(self._tables))]
+            self._tables[url] = parquet.read(url, columns=["image", "mask"])
+        return self._tables[url]
+
+
+def read_pairs(refs: list[PairRef], tables: TableCache | None = None) -> Iterator[tuple[PairRef, np.ndarray, np.ndarray]]:
     """(ref, RGB uint8 image, {0,255} mask) in the order of `refs`; a Parquet file is read once for
-    each run of consecutive refs into it (only its image and mask columns)."""
-    table: pa.Table | None = None
-    current = ""
+    each run of consecutive refs into it (only its image and mask columns), or once while `tables`
+    keeps it."""
+    tables = tables or TableCache(keep=1)
     for ref in refs:
         if ref.mask is not None:
             yield (ref, _decode(storage.read_bytes(ref.source), ref.source, False),
                    _decode(storage.read_bytes(ref.mask), ref.mask, True))
             continue
-        if ref.source != current:
-            table, current = parquet.read(ref.source, columns=["image", "mask"]), ref.source
+        table = tables.get(ref.source)
         image = table.column("image")[ref.row].as_py()["bytes"]
         mask = table.column("mask")[ref.row].as_py()["bytes"]
         yield ref, _decode(image, ref.source, False), _decode(mask, ref.source, True)

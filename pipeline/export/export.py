@@ -25,10 +25,12 @@ from pipeline.core.layout import (
     EXPORT_DATA_DIR,
     EXPORT_IMAGE_DIR,
     EXPORT_MASK_DIR,
+    EXPORT_METADATA_FILE,
     MANIFEST_FILE,
     ExportLayout,
     RunLayout,
 )
+from pipeline.core.lineage import Lineage
 from pipeline.core.progress import ProgressReporter
 from pipeline.errors import ExportError
 from pipeline.export.card import render_card
@@ -48,7 +50,8 @@ from pipeline.generate.shards import (
 
 log = logging.getLogger(__name__)
 
-_EXPORT_NAMES = {MANIFEST_FILE, EXPORT_CARD_FILE, EXPORT_DATA_DIR, EXPORT_IMAGE_DIR, EXPORT_MASK_DIR}
+_EXPORT_NAMES = {MANIFEST_FILE, EXPORT_CARD_FILE, EXPORT_DATA_DIR, EXPORT_IMAGE_DIR, EXPORT_MASK_DIR, EXPORT_METADATA_FILE}
+_LINEAGE_COLUMNS = ("source_frame", "source_sha256", "donor_id")
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -90,11 +93,13 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     plan = _RunPlan(layout, gate, _shard_urls(layout))
     samples = accepted = duplicates = 0
     schemas, models = [], set()
+    kept: dict[str, list] = {name: [] for name in _LINEAGE_COLUMNS}
     random_weights, config, run_id = False, {}, ""
     for url in plan.shard_urls:
         with parquet.read_footer(url) as footer:
             schema = footer.schema_arrow
-            ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
+            columns = footer.read(columns=["sample_id", *(c for c in _LINEAGE_COLUMNS if c in schema.names)])
+            ids = columns.column("sample_id").to_pylist()
             engine = footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py() if ids else None
         provenance = parquet.provenance(schema)
         config, run_id = provenance.get("config", config), provenance.get("run_id", run_id)
@@ -117,16 +122,22 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
             seen.add(sample_id)
             rows.append(row)
             plan.rejected_kept += not accepted_here
+            for name in _LINEAGE_COLUMNS:
+                kept[name].append(columns.column(name)[row].as_py() if name in columns.column_names else None)
         samples += len(ids)
         plan.keep.append(rows)
     if random_weights:
         log.warning("%s: %s", run_dir, RANDOM_WEIGHTS_WARNING)
     plan.schema = pa.unify_schemas(schemas, promote_options="permissive")
+    lineage = Lineage.of_samples(kept["donor_id"], [f for f in kept["source_frame"] if f],
+                                 [s for s in kept["source_sha256"] if s])
+    if not options.include_rejected:  # the gate chose these rows: what it measured them against matters
+        lineage = None if gate.metrics.lineage is None else lineage | gate.metrics.lineage
     plan.summary = SourceRun(
         run_dir=layout.root, run_id=run_id, samples=samples, accepted=accepted,
         exported=sum(len(rows) for rows in plan.keep), duplicates=duplicates, gate_passed=gate.passed,
-        forced=not gate.passed, gate=gate.metrics.model_dump(mode="json"), random_weights=random_weights,
-        engines=sorted(models), config=config,
+        forced=not gate.passed, gate=gate.metrics.model_dump(mode="json", exclude={"lineage"}),
+        random_weights=random_weights, engines=sorted(models), config=config, lineage=lineage,
     )
     return plan
 
@@ -179,12 +190,18 @@ def _write_parquet(layout: ExportLayout, tables: Iterator[pa.Table], schema: pa.
     flush(buffered)
     return files
 
-def _write_folders(layout: ExportLayout, tables: Iterator[pa.Table]) -> list[ExportedFile]:
+def _write_folders(layout: ExportLayout, tables: Iterator[pa.Table], provenance: dict[str, Any]) -> list[ExportedFile]:
+    """images/<id>.png and masks/<id>.png, and every other column (provenance: source frame, donor,
+    attributes, engine, verdicts) in metadata.parquet, one row per sample in the same order."""
     files: list[ExportedFile] = []
+    metadata: list[pa.Table] = []
     for table in tables:
         for sample_id, image, mask in zip(*(table.column(name).to_pylist() for name in ("sample_id", "image", "mask"))):
             files.append(_write(layout, ExportLayout.image_path(sample_id), image["bytes"]))
             files.append(_write(layout, ExportLayout.mask_path(sample_id), mask["bytes"]))
+        metadata.append(table.drop_columns(["image", "mask"]))
+    table = pa.concat_tables(metadata).combine_chunks()
+    files.append(_write(layout, EXPORT_METADATA_FILE, parquet.to_bytes(table, provenance), table.num_rows))
     return files
 
 def _check_target(layout: ExportLayout) -> None:
@@ -197,6 +214,8 @@ def _check_target(layout: ExportLayout) -> None:
 def _remove_stale(layout: ExportLayout, files: list[ExportedFile]) -> None:
     """Files of an earlier export that this one did not write (a reader globbing data/ must not see them)."""
     wanted = {file.path for file in files}
+    if EXPORT_METADATA_FILE not in wanted:
+        storage.remove(layout.metadata)
     for directory in (EXPORT_DATA_DIR, EXPORT_IMAGE_DIR, EXPORT_MASK_DIR):
         for name in storage.list_names(layout.url(directory)):
             if f"{directory}/{name}" not in wanted:
@@ -223,7 +242,7 @@ def export_runs(run_dirs: list[str], options: ExportOptions) -> ExportManifest:
         if options.format == "parquet":
             files = _write_parquet(layout, tables, schema, total, options.shard_size, provenance)
         else:
-            files = _write_folders(layout, tables)
+            files = _write_folders(layout, tables, provenance)
     _remove_stale(layout, files)
     manifest = ExportManifest(
         format=options.format, pipeline_version=__version__, samples=total,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import storage
 from pipeline.core.layout import ExportLayout
+from pipeline.core.lineage import Lineage
 from pipeline.errors import ExportError, validation_summary
 
 ExportFormat = Literal["parquet", "folders"]
@@ -41,7 +42,9 @@ class SourceRun(_Record):
     gate_passed: bool
     forced: bool  # exported although its gate failed (--force)
     gate: dict[str, Any]  # the run's gate metrics.json as it was: figures, bounds, reference (kept as
-    # written, so a manifest stays readable when the gate's own format grows)
+    # written, so a manifest stays readable when the gate's own format grows), less its lineage
+    lineage: Lineage | None = None  # real images behind the exported rows (donors, host frames) and, when
+    # the gate chose them, its reference and probe negatives; None: the gate did not record its reference
     random_weights: bool  # its shards were made with random (test) model weights
     engines: list[str]  # what made its shards: model id (SDXL), or engine kind and donor library (transplant)
     config: dict[str, Any]  # the job config the run was made with
@@ -61,6 +64,16 @@ class ExportManifest(_Record):
     @property
     def random_weights(self) -> bool:
         return any(run.random_weights for run in self.runs)
+
+    @property
+    def lineage(self) -> Lineage | None:
+        """Every real image behind the export; None when a run's is not recorded."""
+        if any(run.lineage is None for run in self.runs):
+            return None
+        merged = Lineage()
+        for run in self.runs:
+            merged = merged | run.lineage
+        return merged
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.model_dump(mode="json"), indent=2) + "\n").encode()

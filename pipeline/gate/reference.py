@@ -29,6 +29,7 @@ from pipeline.core.labelled import (
     split_digest,
 )
 from pipeline.core.layout import ReferenceLayout
+from pipeline.core.lineage import ImageKeys, Lineage, stem
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError, GateError, validation_summary
 from pipeline.gate import metrics
@@ -62,6 +63,7 @@ class ReferenceRecord(BaseModel):
 
     identity: ReferenceIdentity
     probe: Probe | None
+    lineage: Lineage | None = None  # the images it holds (None: built before they were recorded)
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,10 @@ class Reference:
     crops: np.ndarray | None  # (m, d) features of the lesion crops
     probe: Probe | None
     nearest_k: int = 5
+    lineage: Lineage | None = None  # its images and the probe's negatives, by id and SHA-256
 
     def save(self, out: str) -> None:
-        record = ReferenceRecord(identity=self.identity, probe=self.probe)
+        record = ReferenceRecord(identity=self.identity, probe=self.probe, lineage=self.lineage)
         table = pa.table({"kind": ["image"] * len(self.images) + ["crop"] * (0 if self.crops is None else len(self.crops)),
                           "features": list(self.images) + ([] if self.crops is None else list(self.crops))})
         layout = ReferenceLayout(out)
@@ -98,7 +101,8 @@ class Reference:
         kinds = np.asarray(table.column("kind").to_pylist())
         features = np.asarray(table.column("features").to_pylist(), np.float32)
         crops = features[kinds == "crop"]
-        return cls(record.identity, features[kinds == "image"], crops if len(crops) else None, record.probe, nearest_k)
+        return cls(record.identity, features[kinds == "image"], crops if len(crops) else None, record.probe, nearest_k,
+                   record.lineage)
 
     def manifold(self, view: str) -> metrics.Manifold:
         return metrics.Manifold.of(self.crops if view == "crop" else self.images, self.nearest_k)
@@ -159,14 +163,16 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
     if negatives and not masks:
         raise GateError("--negatives needs --masks: the probe learns lesion crops against polyp-free crops")
     content = hashlib.sha256()
-    pictures, crops = [], []
+    pictures, crops, image_sha, negative_ids, negative_sha = [], [], [], [], []
     if masks:
         pairs = labelled_pairs(images, masks, split, GateError)[:limit]
     else:
         pairs = [LabelledPair(PurePosixPath(url).stem, url, "") for url in image_files(images, limit, split)]
     for pair in progress_bar(pairs, "reference images", len(pairs), unit="images"):
         image, data = _load(pair.image)
-        content.update(hashlib.sha256(data).digest())
+        sha = hashlib.sha256(data)
+        content.update(sha.digest())
+        image_sha.append(sha.hexdigest())
         pictures.append(image)
         if masks:
             mask, mask_data = _load(pair.mask)
@@ -186,7 +192,10 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         negative_pictures = []
         for url in progress_bar(frames, "negative frames", len(frames), unit="images"):
             frame, data = _load(url)
-            content.update(hashlib.sha256(data).digest())
+            sha = hashlib.sha256(data)
+            content.update(sha.digest())
+            negative_ids.append(stem(url))
+            negative_sha.append(sha.hexdigest())
             negative_pictures.extend(negative_crops(frame, per_frame, rng))
         negative_count = len(negative_pictures)
         probe = fit_probe(crop_features, extractor(negative_pictures), seed)
@@ -201,7 +210,9 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         extractor=extractor.name, images=len(pictures), crops=len(crops), negatives=negative_count,
         settings=settings,
     )
-    return Reference(identity, image_features, crop_features, probe, nearest_k)
+    lineage = Lineage(reference=ImageKeys.of([pair.id for pair in pairs], image_sha),
+                      negatives=ImageKeys.of(negative_ids, negative_sha), gated=True)
+    return Reference(identity, image_features, crop_features, probe, nearest_k, lineage)
 
 
 def compare(reference: Reference, features: np.ndarray, view: str = "image", prdc_max: int = 5000) -> SetMetrics:

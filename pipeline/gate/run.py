@@ -339,6 +339,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts),
         shards=shard_verdicts, random_weights=random_weights,
         bounds=gate.model_dump(mode="json", exclude={"reference"}),
+        lineage=reference.lineage,
     )
     parquet.write(layout.verdicts, verdict_table(run.sample_ids, run.shard_indices, accepted, reasons, scores),
                   {"run_id": run_id, "plan_digest": plan_digest, "reference": reference.identity.digest})

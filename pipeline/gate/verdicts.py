@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import parquet, storage
 from pipeline.core.layout import RunLayout
+from pipeline.core.lineage import Lineage
 from pipeline.errors import GateError, validation_summary
 from pipeline.generate.manifest import RunManifest
 
@@ -88,6 +89,7 @@ class GateMetrics(_Record):
     shards: list[ShardVerdict]
     random_weights: bool  # some shards were made by a model with random weights
     bounds: dict[str, float | int | str | bool | None]
+    lineage: Lineage | None = None  # the reference's images and probe negatives (None: not recorded)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pipeline.core.digests import digest
 from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.labelled import binary_label, labelled_pairs
 from pipeline.core.layout import RunLayout
+from pipeline.core.lineage import Lineage
 from pipeline.errors import DataError
 from pipeline.gate.verdicts import (
     GateMetrics,
@@ -40,9 +41,10 @@ def kvasir_pairs(root: Path, split: str, n: int) -> list[tuple[Path, Path]]:
 
 def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size: int = 64, shard_size: int = 4,
                     rejected: dict[int, list[str]] | None = None, passed: bool = True,
-                    random_weights: bool = False) -> list[str]:
-    """Write a run of `pairs` (resized to size²) with gate results; `rejected` maps pair index → reasons.
-    Returns the sample ids in order."""
+                    random_weights: bool = False, reference: Lineage | None = Lineage(gated=True)) -> list[str]:
+    """Write a run of `pairs` (resized to size²) with gate results; `rejected` maps pair index → reasons,
+    `reference` is what the gate says its reference held (None: not recorded). The pairs' images are
+    the samples' source frames. Returns the sample ids in order."""
     rejected = rejected or {}
     layout = RunLayout(root)
     plan_digest = digest(run_id)
@@ -88,7 +90,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
         run=figures, accepted=figures, diversity=None,
         samples=SampleCounts(total=len(rows), accepted=int(accepted.sum()),
                              by_reason={r: reasons.count(r) for r in sorted(set(reasons))}),
-        shards=[], random_weights=random_weights, bounds={},
+        shards=[], random_weights=random_weights, bounds={}, lineage=reference,
     ))
     storage.write_bytes_atomic(layout.gate_success, b"")
     return ids

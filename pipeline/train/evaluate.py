@@ -1,10 +1,11 @@
-"""Evaluate a checkpoint on held-out labelled sets, the way papers of the field report it: the image
-is resized to the training size, the prediction (sigmoid > 0.5) is resized back to the label's own
-size, and Dice, IoU, precision, recall and HD95 are computed there per image, then averaged."""
+"""Evaluate a checkpoint on held-out sets, the way papers of the field report it: the image is resized
+to the training size, the prediction (sigmoid > 0.5) is resized back to the label's own size, and
+Dice, IoU, precision, recall and HD95 are computed there per image, then averaged; plus Dice and
+miss rate per lesion size, and on polyp-free frames the false-positive rate (`metrics`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -12,22 +13,68 @@ import torch.nn.functional as F
 
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.dataset import eval_transform, to_tensors
-from pipeline.data.sources import DataSpec, read_pairs, resolve
-from pipeline.train.metrics import METRICS, ImageMetrics, mean_metrics, segment_metrics
+from pipeline.data.sources import (
+    DataSpec,
+    read_image,
+    read_pairs,
+    resolve,
+    unlabelled_files,
+)
+from pipeline.train.metrics import (
+    METRICS,
+    SIZE_BINS,
+    BinFigures,
+    ImageMetrics,
+    by_size,
+    false_positive,
+    largest_region,
+    mean_metrics,
+    missed,
+    segment_metrics,
+)
 from pipeline.train.model import load_checkpoint
 from pipeline.train.segment import resolve_device
 
 
 @dataclass(frozen=True)
 class SetReport:
+    """A labelled set: means over its images, figures per lesion size, and every image's metrics."""
+
     data: str
     n: int
     mean: dict[str, float]
+    miss_rate: float
+    sizes: dict[str, BinFigures]
     per_image: dict[str, ImageMetrics]
 
+    def figures(self) -> dict[str, float | None]:
+        """Flat figures for tables: the means, `miss_rate`, and `dice_<size>` / `miss_<size>` / `n_<size>`."""
+        out: dict[str, float | None] = {**self.mean, "miss_rate": self.miss_rate}
+        for name, figures in self.sizes.items():
+            out.update({f"dice_{name}": figures.dice, f"miss_{name}": figures.miss_rate, f"n_{name}": figures.n})
+        return out
+
     def to_json(self) -> dict:
-        return {"data": self.data, "n": self.n, "mean": self.mean,
+        return {"data": self.data, "n": self.n, "mean": self.mean, "miss_rate": self.miss_rate,
+                "by_size": {name: asdict(f) for name, f in self.sizes.items()},
                 "per_image": {key: value.as_dict() for key, value in self.per_image.items()}}
+
+
+@dataclass(frozen=True)
+class NegativesReport:
+    """Polyp-free frames: the share where the model fires (`metrics.false_positive`), and per frame the
+    largest predicted region's share of it."""
+
+    data: str
+    n: int
+    fp_rate: float
+    largest: dict[str, float]
+
+    def figures(self) -> dict[str, float | None]:
+        return {"fp_rate": self.fp_rate, "n_frames": self.n}
+
+    def to_json(self) -> dict:
+        return {"data": self.data, "n": self.n, "fp_rate": self.fp_rate, "largest_region": self.largest}
 
 
 @torch.no_grad()
@@ -40,32 +87,54 @@ def predict(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.
     return (logits[0, 0] > 0).cpu().numpy()
 
 
-def evaluate(checkpoint: str, specs: list[str], device: str = "auto") -> list[SetReport]:
+def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: str) -> SetReport:
+    refs = resolve(DataSpec.parse(text))
+    per_image: dict[str, ImageMetrics] = {}
+    with ProgressReporter(f"evaluate {text}", len(refs), "images") as progress:
+        for ref, image, mask in read_pairs(refs):
+            per_image[ref.sample_id] = segment_metrics(predict(model, image, size, device), mask > 0)
+            progress.update()
+    items = list(per_image.values())
+    return SetReport(text, len(items), mean_metrics(items), float(np.mean([missed(i) for i in items])),
+                     by_size(per_image), per_image)
+
+
+def evaluate_negatives(model: torch.nn.Module, size: int, device: torch.device, text: str) -> NegativesReport:
+    files = unlabelled_files(text)
+    largest: dict[str, float] = {}
+    with ProgressReporter(f"false positives {text}", len(files), "frames") as progress:
+        for key, url in files.items():
+            largest[key] = largest_region(predict(model, read_image(url), size, device))
+            progress.update()
+    rate = float(np.mean([false_positive(value) for value in largest.values()]))
+    return NegativesReport(text, len(largest), rate, largest)
+
+
+def evaluate(checkpoint: str, specs: list[str], device: str = "auto",
+             negatives: list[str] = ()) -> list[SetReport | NegativesReport]:
+    """Reports on each labelled set of `specs`, then on each folder of polyp-free frames of `negatives`."""
     model, record = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)
     model.to(torch_device)
-    reports = []
-    for text in specs:
-        refs = resolve(DataSpec.parse(text))
-        per_image: dict[str, ImageMetrics] = {}
-        with ProgressReporter(f"evaluate {text}", len(refs), "images") as progress:
-            for ref, image, mask in read_pairs(refs):
-                per_image[ref.sample_id] = segment_metrics(predict(model, image, record.size, torch_device), mask > 0)
-                progress.update()
-        reports.append(SetReport(text, len(per_image), mean_metrics(list(per_image.values())), per_image))
-    return reports
+    reports: list[SetReport | NegativesReport] = [evaluate_set(model, record.size, torch_device, s) for s in specs]
+    return reports + [evaluate_negatives(model, record.size, torch_device, s) for s in negatives]
 
 
-def report_table(reports: list[SetReport], title: str):
-    """A rich table of the mean metrics of each set."""
+def report_table(reports: list[SetReport | NegativesReport], title: str):
+    """A rich table of each set's means, miss rate and Dice per lesion size; false-positive rates."""
     from rich.table import Table
 
+    sizes = [name for name, _, _ in SIZE_BINS]
     table = Table(title=title)
-    table.add_column("data")
-    table.add_column("n", justify="right")
-    for name in METRICS:
-        table.add_column(name, justify="right")
+    for column in ("data", "n", *METRICS, "miss rate", *(f"dice {s}" for s in sizes), "FP rate"):
+        table.add_column(column, justify="left" if column == "data" else "right")
     for report in reports:
-        table.add_row(report.data, str(report.n), *(f"{report.mean[name]:.4f}" if name != "hd95" else
-                                                    f"{report.mean[name]:.2f}" for name in METRICS))
+        if isinstance(report, NegativesReport):
+            table.add_row(report.data, str(report.n), *[""] * (len(METRICS) + 1 + len(sizes)), f"{report.fp_rate:.3f}")
+            continue
+        table.add_row(report.data, str(report.n),
+                      *(f"{report.mean[m]:.4f}" if m != "hd95" else f"{report.mean[m]:.2f}" for m in METRICS),
+                      f"{report.miss_rate:.3f}",
+                      *("–" if report.sizes[s].dice is None else f"{report.sizes[s].dice:.3f} (n={report.sizes[s].n})"
+                        for s in sizes), "")
     return table

@@ -1,42 +1,48 @@
 """The experiment that says whether a synthetic set helps: real only against real + synthetic at each
-ratio, several seeds, evaluated on held-out real sets; mean ± std per arm, a table and a plot.
+ratio, several seeds, evaluated on held-out real sets (and polyp-free frames); every arm compared
+with its controls seed by seed (`paired`), in a table and a plot (`summary`).
 
-Two budgets, because "more data" also means "more steps": at equal *epochs* each arm sees its real
-pairs the same number of times (so larger ratios train longer); at equal *steps* every arm gets the
-real-only arm's optimizer steps (so synthetic pairs replace real repetitions). A gain that only shows
-at equal epochs is compute, not data — so a third, *compute* arm trains real only for as many steps
-as the synthetic arms take at each ratio (at equal epochs).
+Arms per seed. Budgets are optimizer steps of full batches, so steps fix samples seen
+(`segment.BATCH_RULE`):
+- real only, `epochs` over the real images;
+- each synthetic set at each ratio at equal *epochs* (more pairs an epoch, so more steps), and at
+  equal *steps* (the real-only arm's: synthetic pairs replace real repetitions);
+- the *compute* control: real only for as many steps as each ratio's synthetic arm at equal epochs.
+A gain only at equal epochs, and not against the compute control, is compute, not data.
 
-Fair by construction: with `--real-n N` every trial trains on the first N ids of the real split, and a
-synthetic set whose shards name their donors (`donor_id` = `<source id>/<k>`, transplant engine) is
-refused unless every donor comes from those N images — otherwise the gain would measure extra real
-data. Build its donors with `--split` = those N ids (`head -n N splits/train.txt`). Every trial records
-the real ids it saw. Trials already in `trials.jsonl` are skipped: a killed experiment resumes.
-Trials run one after another here, or as Ray tasks, one per GPU, on a cluster (`executor="ray"`).
+Nothing an evaluation image reached may train (`leakage`): refused before the first trial. With
+`--real-n N` every trial trains on the first N ids of the real split. Every trial records the real ids
+it saw. Trials already in `trials.jsonl` are skipped: a killed experiment resumes. Trials run one
+after another here, or as Ray tasks, one per GPU, on a cluster (`executor="ray"`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core import storage
 from pipeline.core.digests import json_digest
 from pipeline.core.layout import ExperimentLayout
-from pipeline.data.sources import DataSpec, PairRef, content_digest, resolve
+from pipeline.data.sources import (
+    DataSpec,
+    PairRef,
+    files_fingerprint,
+    fingerprint,
+    lineage,
+    resolve,
+    unlabelled_files,
+)
 from pipeline.errors import ExecutorError, TrainError
 from pipeline.train.evaluate import evaluate
-from pipeline.train.metrics import METRICS
-from pipeline.train.segment import TrainSettings, train
+from pipeline.train.leakage import SyntheticSet, check_real, check_synthetic
+from pipeline.train.segment import TrainSettings, steps_for, train
+from pipeline.train.summary import summarise, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ class Trial(BaseModel):
     ratio: float
     seed: int
     budget: Budget
-    steps: int | None = None  # for budget "steps"
+    steps: int | None = None  # for budgets "steps" and "compute"
 
     @property
     def key(self) -> str:
@@ -66,9 +72,10 @@ class TrialResult(BaseModel):
     real_ids: list[str]
     synthetic_per_epoch: int
     steps: int
+    samples_seen: int
     epochs: int
     seconds: float
-    metrics: dict[str, dict[str, float]]  # eval set → metric → mean over its images
+    metrics: dict[str, dict[str, float | None]]  # eval set → figure → value (`SetReport.figures`)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class ExperimentSpec:
     real_n: int | None
     settings: TrainSettings
     out: str
+    negatives: list[str] = field(default_factory=list)  # folders of polyp-free frames: false positives
     executor: Literal["local", "ray"] = "local"  # ray: one task per trial (a GPU each on a GPU cluster)
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
@@ -91,51 +99,18 @@ class ExperimentSpec:
         and training settings (not where or how trials run, nor how many seeds or ratios: those only
         add trials)."""
         return json_digest({"real": self.real, "real_n": self.real_n, "synthetic": self.synthetic,
-                            "evals": self.evals, "content": content,
+                            "evals": self.evals, "negatives": self.negatives, "content": content,
                             "settings": self.settings.model_dump(mode="json", exclude={"device"})})
-
-
-def donor_sources(files: Iterable[str]) -> set[str] | None:
-    """Source image ids of the donors a synthetic set was made from; None when it names none."""
-    sources: set[str] = set()
-    named = False
-    for url in files:
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            if "donor_id" not in parquet.schema_arrow.names:
-                continue
-            named = True
-            ids = parquet.read(columns=["donor_id"]).column("donor_id").to_pylist()
-        sources.update(i.split("/", 1)[0] for i in ids if i)
-    return sources if named else None
-
-
-def check_fair(name: str, source: str, real_ids: set[str] | None, eval_ids: set[str]) -> None:
-    """A synthetic set may not be made from an evaluation image (that leaks the test set into
-    training), nor, with `--real-n`, from a real image outside the trial's (that measures extra real
-    data, not synthesis)."""
-    donors = donor_sources(sorted({ref.source for ref in resolve(source) if ref.mask is None}))
-    if donors is None:
-        log.warning("synthetic set %s names no donors: its fairness cannot be checked", name)
-        return
-    leaked = sorted(donors & eval_ids)
-    if leaked:
-        raise TrainError(f"synthetic set {name} ({source}): {len(leaked)} donor images are evaluation images "
-                         f"(e.g. {leaked[0]}); build its donors from the training split only")
-    outside = sorted(donors - real_ids) if real_ids is not None else []
-    if outside:
-        raise TrainError(f"synthetic set {name} ({source}): {len(outside)} donor images are not among the trial's "
-                         f"real images (e.g. {outside[0]}); build its donors from the same --real-n subset")
 
 
 def trials(spec: ExperimentSpec, n_real: int) -> list[Trial]:
     """Per seed: real only; each synthetic set at each ratio at equal epochs and at the real-only
     steps; real only for as many steps as each ratio takes at equal epochs (the compute control)."""
-    def steps_at(ratio: float) -> int:  # as the trainer counts: real + round(ratio · real) pairs an epoch
-        return spec.settings.epochs * math.ceil((n_real + round(ratio * n_real)) / spec.settings.batch_size)
+    settings = spec.settings
 
-    steps_of_real = steps_at(0)
+    def steps_at(ratio: float) -> int:
+        return steps_for(settings.epochs, n_real, ratio, settings.batch_size)
+
     out = []
     for seed in range(spec.seeds):
         out.append(Trial(synthetic=None, ratio=0.0, seed=seed, budget="epochs"))
@@ -147,7 +122,7 @@ def trials(spec: ExperimentSpec, n_real: int) -> list[Trial]:
                 if ratio == 0:
                     continue
                 out.append(Trial(synthetic=name, ratio=ratio, seed=seed, budget="epochs"))
-                out.append(Trial(synthetic=name, ratio=ratio, seed=seed, budget="steps", steps=steps_of_real))
+                out.append(Trial(synthetic=name, ratio=ratio, seed=seed, budget="steps", steps=steps_at(0)))
     return out
 
 
@@ -162,7 +137,8 @@ def _done(path: Path, experiment: str) -> dict[str, TrialResult]:
             results.append(TrialResult.model_validate_json(line))
         except ValidationError:
             if number < len(lines):
-                raise TrainError(f"{path} line {number}: not a trial result; move the file away to start over") from None
+                raise TrainError(f"{path} line {number}: not a trial result of this version; move the file "
+                                 "away to start over") from None
             log.warning("%s: dropping its last line, cut short (that trial runs again)", path)
             storage.write_bytes_atomic(str(path), "".join(f"{kept}\n" for kept in lines[:-1]).encode())
     other = [r.trial.key for r in results if r.experiment != experiment]
@@ -173,37 +149,56 @@ def _done(path: Path, experiment: str) -> dict[str, TrialResult]:
     return {r.trial.key: r for r in results}
 
 
-def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class _Data:
+    """The experiment's data, resolved and checked, and the digest of its content."""
+
+    real: list[PairRef]
+    synthetic: dict[str, list[PairRef]]
+    identity: str
+
+
+def _prepare(spec: ExperimentSpec) -> _Data:
+    """Resolve every set, fingerprint it (every byte read once) and refuse leakage before any training."""
     real = resolve(DataSpec.parse(spec.real))
     if spec.real_n is not None:
         if spec.real_n > len(real):
             raise TrainError(f"--real-n {spec.real_n}: {spec.real} has only {len(real)} images")
         real = real[: spec.real_n]
-    evals = [resolve(DataSpec.parse(data)) for data in spec.evals]
-    eval_ids = {ref.sample_id for refs in evals for ref in refs}
+    evals = [fingerprint(resolve(DataSpec.parse(data))) for data in spec.evals]
+    negatives = [files_fingerprint(unlabelled_files(data)) for data in spec.negatives]
+    evaluation = evals[0].keys
+    for other in evals[1:] + negatives:
+        evaluation = evaluation | other.keys
+    real_print = fingerprint(real)
+    check_real(real_print.keys, evaluation, spec.real)
+    synthetic = {name: resolve(source) for name, source in spec.synthetic.items()}
+    prints = {name: fingerprint(refs) for name, refs in synthetic.items()}
     for name, source in spec.synthetic.items():
-        check_fair(name, source, {ref.sample_id for ref in real} if spec.real_n is not None else None, eval_ids)
-    synthetic: dict[str, list[PairRef]] = {name: resolve(source) for name, source in spec.synthetic.items()}
-    identity = spec.digest({"real": content_digest(real), "evals": [content_digest(refs) for refs in evals],
-                            "synthetic": {name: content_digest(refs) for name, refs in synthetic.items()}})
+        check_synthetic(SyntheticSet(name, source, prints[name].keys, lineage(source, synthetic[name])), evaluation,
+                        {ref.sample_id for ref in real} if spec.real_n is not None else None)
+    identity = spec.digest({"real": real_print.digest, "evals": [p.digest for p in evals],
+                            "negatives": [p.digest for p in negatives],
+                            "synthetic": {name: p.digest for name, p in prints.items()}})
+    return _Data(real, synthetic, identity)
+
+
+def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _prepare(spec)
     layout = ExperimentLayout(out)
-    record = layout.trials
-    done = _done(record, identity)
-    todo = trials(spec, len(real))
+    done = _done(layout.trials, data.identity)
+    todo = trials(spec, len(data.real))
     missing = [trial for trial in todo if trial.key not in done]
     run = _on_ray if spec.executor == "ray" else _one_after_another
-    for result in run(spec, missing, real, synthetic):
-        result = result.model_copy(update={"experiment": identity})
-        with record.open("a") as handle:
+    for result in run(spec, missing, data.real, data.synthetic):
+        result = result.model_copy(update={"experiment": data.identity})
+        with layout.trials.open("a") as handle:
             handle.write(result.model_dump_json() + "\n")
         done[result.trial.key] = result
     results = [done[trial.key] for trial in todo]
-    summary = summarise(results)
-    storage.write_bytes_atomic(str(layout.summary), json.dumps(summary, indent=2).encode())
-    storage.write_bytes_atomic(str(layout.table), summary_markdown(summary).encode())
-    plot(summary, layout.plot)
+    write_summary(summarise(results), layout)
     return results
 
 
@@ -214,11 +209,12 @@ def run_trial(spec: ExperimentSpec, trial: Trial, real: list[PairRef], synthetic
     checkpoint = ExperimentLayout(Path(spec.out)).checkpoint(trial.key)
     trained = train(real, settings, checkpoint, synthetic.get(trial.synthetic or "", []), [spec.real],
                     [spec.synthetic[trial.synthetic]] if trial.synthetic else [])
-    reports = evaluate(str(checkpoint), spec.evals, spec.settings.device)
+    reports = evaluate(str(checkpoint), spec.evals, spec.settings.device, spec.negatives)
+    record = trained.record
     return TrialResult(
-        trial=trial, real_ids=trained.record.real_ids, synthetic_per_epoch=trained.record.synthetic_samples,
-        steps=trained.record.steps, epochs=trained.record.epochs, seconds=trained.record.seconds,
-        metrics={r.data: r.mean for r in reports},
+        trial=trial, real_ids=record.real_ids, synthetic_per_epoch=record.synthetic_samples, steps=record.steps,
+        samples_seen=record.samples_seen, epochs=record.epochs, seconds=record.seconds,
+        metrics={r.data: r.figures() for r in reports},
     )
 
 
@@ -258,79 +254,3 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
     finally:  # a failure, a timeout or Ctrl-C: no trial keeps its GPU after the driver gives up
         for ref in pending:
             ray.cancel(ref, force=True)
-
-
-def summarise(results: list[TrialResult]) -> list[dict]:
-    """One row per arm (synthetic set, ratio, budget): mean and std over seeds of each eval metric.
-    The real-only arm serves both the epochs and the steps budget."""
-    arms: dict[tuple[str, float, str], list[TrialResult]] = {}
-    for result in results:
-        t = result.trial
-        budgets = ("epochs", "steps") if t.synthetic is None and t.budget == "epochs" else (t.budget,)
-        for budget in budgets:
-            arms.setdefault((t.synthetic or "real only", t.ratio, budget), []).append(result)
-    rows = []
-    for (name, ratio, budget), members in sorted(arms.items(), key=lambda kv: (kv[0][2], kv[0][0] != "real only",
-                                                                                kv[0][0], kv[0][1])):
-        sets = members[0].metrics.keys()
-        figures = {data: {metric: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-                          for metric in METRICS
-                          for values in [[m.metrics[data][metric] for m in members]]}
-                   for data in sets}
-        rows.append({"synthetic": name, "ratio": ratio, "budget": budget, "seeds": len(members),
-                     "steps": int(np.mean([m.steps for m in members])), "metrics": figures})
-    return rows
-
-
-def summary_markdown(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    sets = list(rows[0]["metrics"])
-    head = "| budget | synthetic | ratio | seeds | steps | " + " | ".join(
-        f"{d} {m}" for d in sets for m in ("dice", "iou", "hd95")) + " |"
-    lines = [head, "|" + " --- |" * (5 + 3 * len(sets))]
-    for row in rows:
-        cells = [f"{row['metrics'][d][m]['mean']:.3f} ± {row['metrics'][d][m]['std']:.3f}" if m != "hd95" else
-                 f"{row['metrics'][d][m]['mean']:.1f} ± {row['metrics'][d][m]['std']:.1f}"
-                 for d in sets for m in ("dice", "iou", "hd95")]
-        lines.append(f"| {row['budget']} | {row['synthetic']} | {row['ratio']:g} | {row['seeds']} | {row['steps']} | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    """Dice against ratio, one line per (synthetic set, budget), error bars = std over seeds; one panel
-    per evaluation set. The real-only arm is the ratio-0 point of every line; a dotted line is real
-    only trained as long as each ratio (the compute control)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        return
-    sets = list(rows[0]["metrics"])
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
-    for ax, data in zip(axes[0], sets):
-        for budget in ("epochs", "steps"):
-            base = [r for r in rows if r["budget"] == budget and r["synthetic"] == "real only"]
-            for name in sorted({r["synthetic"] for r in rows} - {"real only"}) or ["real only"]:
-                line = sorted(base + [r for r in rows if r["budget"] == budget and r["synthetic"] == name != "real only"],
-                              key=lambda r: r["ratio"])
-                ax.errorbar([r["ratio"] for r in line], [r["metrics"][data]["dice"]["mean"] for r in line],
-                            yerr=[r["metrics"][data]["dice"]["std"] for r in line], marker="o", capsize=3,
-                            linestyle="-" if budget == "epochs" else "--", label=f"{name}, equal {budget}")
-        control = sorted([r for r in rows if r["budget"] == "epochs" and r["synthetic"] == "real only"]
-                         + [r for r in rows if r["budget"] == "compute"], key=lambda r: r["ratio"])
-        if len(control) > 1:
-            ax.errorbar([r["ratio"] for r in control], [r["metrics"][data]["dice"]["mean"] for r in control],
-                        yerr=[r["metrics"][data]["dice"]["std"] for r in control], marker="s", capsize=3,
-                        linestyle=":", color="black", label="real only, as many steps as that ratio")
-        ax.set_xlabel("synthetic : real ratio")
-        ax.set_ylabel("Dice (mean ± std over seeds)")
-        ax.set_title(data, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -73,7 +73,8 @@ class TrainRecord(BaseModel):
     size: int
     seed: int
     epochs: int
-    steps: int
+    steps: int  # optimizer steps, each a full batch
+    samples_seen: int = 0  # steps × batch_size (0 in checkpoints made before it was recorded)
     batch_size: int
     lr: float
     ratio: float

@@ -2,16 +2,19 @@
 synthetic set is what other trainers would see.
 
 U-Net on a pretrained encoder, Dice + BCE (smp's Dice loss, torch's BCE), AdamW, a cosine schedule
-stepped per optimizer step, flips/rotations/affine/colour jitter (albumentations). The budget is
-`epochs` over real + synthetic pairs, or a fixed number of optimizer `steps` (for comparisons at equal
-compute). Deterministic for a seed on one device: the decoder's init, the epoch orders and the
-augmentations all derive from it.
+stepped per optimizer step, flips/rotations/affine/colour jitter (albumentations). The budget is a
+number of optimizer steps, each a *full* batch at the arm's real:synthetic mix (`TrainBatches`):
+`steps`, or `epochs` turned into steps by `steps_for` (rounded up to whole batches; the last batch
+is completed from the next epoch's order). Samples seen are always steps × batch size, so two arms
+with the same steps have seen the same number of samples. Deterministic for a seed on one device:
+the decoder's init, the epoch orders and every batch's augmentation derive from it, whatever the
+number of DataLoader workers; on a GPU, deterministic kernels are asked for where torch has them.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import __version__
 from pipeline.core.progress import ProgressReporter
-from pipeline.data.dataset import PairStream, collate, train_transform
+from pipeline.data.dataset import TrainBatches, synthetic_count, train_transform
 from pipeline.data.sources import PairRef
 from pipeline.errors import TrainError
 from pipeline.train.model import (
@@ -32,8 +35,6 @@ from pipeline.train.model import (
     build_unet,
     save_checkpoint,
 )
-
-log = logging.getLogger(__name__)
 
 
 class TrainSettings(BaseModel):
@@ -68,6 +69,26 @@ def resolve_device(name: str) -> torch.device:
         raise TrainError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, …)") from None
 
 
+BATCH_RULE = ("every step is a full batch at the arm's real:synthetic ratio (± 1 pair); steps at equal epochs = "
+              "⌈epochs · (real + synthetic per epoch) / batch size⌉; samples seen = steps × batch size")
+"""The budget rule, as the experiment's table states it."""
+
+
+def steps_for(epochs: int, real: int, ratio: float, batch_size: int, synthetic_available: int = 1) -> int:
+    """Optimizer steps of `epochs` passes over `real` pairs plus round(ratio · real) synthetic ones an
+    epoch: ⌈epochs · (real + synthetic) / batch_size⌉ (full batches only)."""
+    per_epoch = real + synthetic_count(real, ratio, synthetic_available)
+    return math.ceil(epochs * per_epoch / batch_size)
+
+
+def _deterministic(device: torch.device) -> None:
+    """Ask for deterministic kernels on a GPU (a warning where an op has none): same seed, same model."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthetic: list[PairRef] = (),
           real_specs: list[str] = (), synthetic_specs: list[str] = ()) -> TrainResult:
     """Train on `real` (+ `synthetic` at `settings.ratio`) and write a safetensors checkpoint to `out`."""
@@ -76,42 +97,40 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
     if settings.ratio > 0 and not synthetic:
         raise TrainError(f"--ratio {settings.ratio} needs --synthetic data")
     device = resolve_device(settings.device)
+    _deterministic(device)
     torch.manual_seed(settings.seed)
     model = build_unet(settings.encoder, settings.encoder_weights).to(device)
-    data = PairStream(real, train_transform(settings.size), synthetic=synthetic, ratio=settings.ratio,
-                      seed=settings.seed, cache_size=settings.size if settings.workers == 0 else None)
-    per_epoch = math.ceil(len(data) / settings.batch_size)
-    total = settings.steps or settings.epochs * per_epoch
-    loader = DataLoader(data, batch_size=settings.batch_size, num_workers=settings.workers, collate_fn=collate)
+    total = settings.steps or steps_for(settings.epochs, len(real), settings.ratio, settings.batch_size, len(synthetic))
+    data = TrainBatches(real, train_transform(settings.size), batch_size=settings.batch_size, steps=total,
+                        synthetic=synthetic, ratio=settings.ratio, seed=settings.seed,
+                        cache_size=settings.size if settings.workers == 0 else None)
+    loader = DataLoader(data, batch_size=None, num_workers=settings.workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     dice = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
     bce = torch.nn.BCEWithLogitsLoss()
 
-    start, step, epoch, epoch_losses = time.monotonic(), 0, 0, []
+    start, step, losses = time.monotonic(), 0, {}
     model.train()
     with ProgressReporter(f"train {settings.encoder} {settings.size}²", total, "steps") as progress:
-        while step < total:
-            data.set_epoch(epoch)
-            losses = []
-            for batch in loader:
-                images, masks = batch.images.to(device), batch.masks.to(device)
-                logits = model(images)
-                loss = dice(logits, masks) + bce(logits, masks)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                step += 1
-                progress.update(extra=f"epoch {epoch + 1}, loss {loss.item():.3f}")
-                if step >= total:
-                    break
-            epoch_losses.append(float(sum(losses) / max(len(losses), 1)))
-            log.debug("epoch %d: mean loss %.4f", epoch + 1, epoch_losses[-1])
-            epoch += 1
+        for batch in loader:
+            if batch.index != step:
+                raise TrainError(f"batch {batch.index} arrived as step {step}: the loader broke the batch order")
+            images, masks = batch.images.to(device), batch.masks.to(device)
+            logits = model(images)
+            loss = dice(logits, masks) + bce(logits, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            epoch = data.epoch_of(step)
+            losses.setdefault(epoch, []).append(loss.item())
+            step += 1
+            progress.update(extra=f"epoch {epoch + 1}, loss {loss.item():.3f}")
+    epoch_losses = [float(sum(values) / len(values)) for _, values in sorted(losses.items())]
     record = TrainRecord(
-        encoder=settings.encoder, size=settings.size, seed=settings.seed, epochs=epoch, steps=step,
+        encoder=settings.encoder, size=settings.size, seed=settings.seed, epochs=len(epoch_losses), steps=step,
+        samples_seen=step * settings.batch_size,
         batch_size=settings.batch_size, lr=settings.lr, ratio=settings.ratio, real=list(real_specs),
         synthetic=list(synthetic_specs), real_ids=sorted(ref.sample_id for ref in real),
         synthetic_samples=data.synthetic_per_epoch, epoch_losses=epoch_losses,
