@@ -32,6 +32,7 @@ class SleepEngine:
     """Takes a fixed time per sample and returns the frames: a stand-in GPU of known speed."""
 
     identity = {"model": "sleep"}
+    prompt_used = True
 
     def __init__(self, seconds_per_sample: float):
         self.seconds_per_sample = seconds_per_sample

@@ -7,7 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.plan.fov import GRID_SIDE, FieldOfView, detect_fov, grid_shape
+from pipeline.plan.fov import (
+    GRID_SIDE,
+    FieldOfView,
+    detect_fov,
+    grid_shape,
+    position_in_view,
+)
 from pipeline.testing.data import shared_data
 
 DATA = shared_data()
@@ -109,3 +115,15 @@ def test_rejects_anything_but_rgb_uint8():
         detect_fov(np.zeros((64, 64), dtype=np.uint8))
     with pytest.raises(ValueError, match="RGB"):
         detect_fov(np.zeros((64, 64, 3), dtype=np.float32))
+
+
+def test_position_in_view_is_centre_near_the_views_centroid_and_periphery_at_its_edge():
+    view = np.zeros((100, 120), bool)
+    view[10:90, 20:100] = True  # an 80×80 view centred at (50, 60); equivalent radius √(6400/π) ≈ 45
+    label = np.zeros_like(view)
+    label[45:55, 55:65] = True
+    assert position_in_view(label, view) == "centre"
+    label[:] = False
+    label[12:20, 22:30] = True  # a corner: 43 px from the centroid, beyond half the radius
+    assert position_in_view(label, view) == "periphery"
+    assert position_in_view(np.zeros_like(view), view) == "periphery"

@@ -64,6 +64,9 @@ def test_run_writes_complete_shards_with_provenance(first_run):
     assert "RANDOM model weights" in summarise_run(str(run))  # …and inspect says it out loud
     assert rows[0]["run_id"] == "e2e" and rows[0]["pipeline_version"]
     assert rows[0]["donor_id"] is None and engine["kind"] == "sdxl"  # donors are the transplant engine's
+    for row, planned in zip(rows, plan.table.to_pylist()):  # the model read the prompt: all it asked for
+        assert row["prompt_used"] and row["attributes"] == {**planned["attributes"], "position": row["attributes"]["position"]}
+        assert row["attributes"]["position"] in ("centre", "periphery")
 
 
 def test_masks_are_the_planned_labels_and_pixels_outside_the_repaint_region_are_the_source(first_run):

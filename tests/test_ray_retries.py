@@ -24,6 +24,7 @@ class PassThroughEngine:
     """The frames come back unchanged: shards are real, the model is not the point here."""
 
     identity = {"model": "pass-through"}
+    prompt_used = True
 
     def inpaint(self, frames, masks, prompts, negatives, seeds, timer=None):
         return list(frames)

@@ -39,6 +39,8 @@ from pipeline.generate.transplant.warp import (
     spare_reflections,
 )
 from pipeline.generate.worker import prepare_sample
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.masks.stats import mask_stats
 from pipeline.plan.plan import Plan
 from pipeline.testing.data import shared_data
@@ -287,15 +289,24 @@ def test_a_transplant_run_writes_valid_shards_with_donor_ids(tmp_path, library):
     assert summary.ok and summary.written_samples == 6
     rows = [row for path in sorted((tmp_path / "tp" / "shards").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
     plan = {r["sample_id"]: r for r in Plan.read(config.run_dir()).table.to_pylist()}
-    donors = set(DonorLibrary.load(str(library)).ids)
+    donors = DonorLibrary.load(str(library))
+    preset = MaskPreset.load(config.masks.preset)
     for row in rows:
-        assert row["donor_id"] in donors and row["engine"]["kind"] == "transplant"
+        assert row["donor_id"] in donors.ids and row["engine"]["kind"] == "transplant"
         assert row["engine"]["donors_sha256"] and row["engine"]["blend"] == "pyramid"
         frame, planned = prepare_sample(plan[row["sample_id"]], 160, StageTimer())
         image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
         assert np.array_equal(mask, planned)  # the label is the planned mask, exactly
         outside = repaint_region(planned, config.engine.mask_dilation, config.engine.mask_feather) == 0
         assert np.array_equal(image[outside], frame[outside])
+        # it painted a donor, not the prompt: what it honoured is the frame's, the label's and the donor's
+        attributes, asked = row["attributes"], plan[row["sample_id"]]["attributes"]
+        assert not row["prompt_used"] and set(attributes) == {"modality", "size", "position", "donor_area",
+                                                              "donor_solidity", "donor_eccentricity"}
+        assert attributes["modality"] == asked["modality"] and attributes["position"] in ("centre", "periphery")
+        assert attributes["size"] == size_class_of(float((planned > 0).mean()), preset)
+        index = donors.ids.index(row["donor_id"])
+        assert attributes["donor_solidity"] == pytest.approx(donors.traits.solidity[index])
     manifest = json.loads((tmp_path / "tp" / "manifest.json").read_text())
     assert {"donor", "transplant"} <= set(manifest["timings"]["stage_seconds"])
 
@@ -303,7 +314,7 @@ def test_a_transplant_run_writes_valid_shards_with_donor_ids(tmp_path, library):
 
     loaded = datasets.load_dataset("parquet", data_files=str(tmp_path / "tp" / "shards" / "*.parquet"), split="train",
                                    cache_dir=str(tmp_path / "hf"))
-    assert loaded[0]["image"].size == (160, 160) and loaded[0]["donor_id"] in donors
+    assert loaded[0]["image"].size == (160, 160) and loaded[0]["donor_id"] in donors.ids
 
 
 def test_a_library_rebuilt_at_the_same_path_is_another_input(tmp_path):

@@ -22,7 +22,8 @@ class RunContext:
     config: JobConfig
     run_id: str
     plan_digest: str
-    attributes_type: pa.DataType  # struct of the prompt bank's axes: the shards' `attributes` column
+    attributes_type: pa.DataType  # struct of the prompt bank's axes, as the plan drew them
+    frame_axes: tuple[str, ...] = ()  # axes the frames decide (modality, metadata columns): true of the frame
     pipeline_version: str = __version__
 
     def provenance(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 It shows whether the run passed and why, the run's figures beside the reference, a histogram of
 every score with its bound drawn, accepted and rejected contact sheets with the reasons under each
-image, acceptance per shard and per prompt attribute. Runs made with random weights say so first.
+image, acceptance per shard and per attribute the engine honoured. Runs made with random weights say so first.
 """
 
 from __future__ import annotations
@@ -98,13 +98,17 @@ def _picks(run: Any, reasons: list[list[str]], scores: dict[str, np.ndarray], ac
 
 
 def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray) -> list[tuple[str, str, int, float]]:
-    """(attribute, value, samples, acceptance rate), worst first within each attribute."""
+    """(attribute, value, samples, acceptance rate), worst first within each attribute: the categorical
+    attributes a sample records, which are those its engine honoured (a transplant sample never
+    records the prompt's colour or NICE type; measured numbers such as a donor's shape are left out)."""
     position = {sample_id: i for i, sample_id in enumerate(run.sample_ids)}
     groups: dict[tuple[str, str], list[bool]] = {}
     for index in sorted(set(run.shard_indices.tolist())):
         table = parquet.read(layout.shard(index), columns=["sample_id", "attributes"])
         for sample_id, attributes in zip(table.column("sample_id").to_pylist(), table.column("attributes").to_pylist()):
             for name, value in (attributes or {}).items():
+                if value is None or isinstance(value, float):
+                    continue
                 groups.setdefault((name, str(value)), []).append(bool(accepted[position[sample_id]]))
     rows = [(name, value, len(flags), float(np.mean(flags))) for (name, value), flags in groups.items()]
     return sorted(rows, key=lambda r: (r[0], r[3], r[1]))
@@ -114,7 +118,7 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _fmt(value: float | int | None) -> str:
+def _fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     return str(value) if isinstance(value, int) else f"{value:.4g}"
@@ -178,7 +182,7 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
                  "<th>KID std</th><th>rejected whole</th></tr>")
     parts.extend(f"<tr><th>{s.shard_index}</th><td>{s.samples}</td><td>{s.accepted}</td><td>{_fmt(s.kid)}</td>"
                  f"<td>{_fmt(s.kid_std)}</td><td>{'yes' if s.rejected_whole else ''}</td></tr>" for s in m.shards)
-    parts.append("</table><h2>Acceptance by prompt attribute</h2>"
+    parts.append("</table><h2>Acceptance by attribute (what the engine honoured)</h2>"
                  "<table><tr><th>attribute</th><th>value</th><th>samples</th><th>accepted</th></tr>")
     overall = m.samples.accepted / max(1, m.samples.total)
     parts.extend(f"<tr{' class=low' if rate < overall - 0.1 else ''}><th>{html.escape(a)}</th><td>{html.escape(v)}</td>"

@@ -281,6 +281,8 @@ class PreparedSample:
 class InpaintEngine:
     """SDXL inpainting with exact compositing; see the module docstring."""
 
+    prompt_used = True  # the prompt guides what is painted: every prompt attribute was asked for
+
     def __init__(self, config: EngineConfig):
         self.config = config
         self.device = resolve_device(config.device)

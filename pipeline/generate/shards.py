@@ -47,6 +47,7 @@ def shard_table(rows: list[dict[str, Any]], attributes_type: pa.DataType) -> pa.
             "width": width, "height": height, "mask_area": area, "bbox": bbox,
             "window": row.get("window"),  # the part of the frame the model painted; null when none
             "donor_id": row.get("donor_id"),  # the real lesion a transplant sample is made from; null for SDXL
+            "prompt_used": row.get("prompt_used"),  # false: the engine never read the prompt (transplant)
             "engine": row["engine"],
             "run_id": row["run_id"], "pipeline_version": row["pipeline_version"],
         }
@@ -78,7 +79,7 @@ _SHARD_TYPES: dict[str, pa.DataType | None] = {
     "source_frame": pa.string(), "source_sha256": pa.string(),
     "prompt": pa.string(), "negative_prompt": pa.string(), "attributes": None,
     "mask_params": pa.string(), "mask_area": pa.float32(), "bbox": pa.list_(pa.int32(), 4),
-    "window": pa.list_(pa.int32(), 4), "donor_id": pa.string(),
+    "window": pa.list_(pa.int32(), 4), "donor_id": pa.string(), "prompt_used": pa.bool_(),
     "seed": pa.int64(), "engine": None,
     "run_id": pa.string(), "shard_index": pa.int32(), "plan_index": pa.int64(), "pipeline_version": pa.string(),
 }

@@ -4,24 +4,34 @@ The worker holds the engine (loaded once per process) and knows nothing of Ray: 
 calls it in-process, the Ray executor inside an actor. A sample whose input fails (its frame no
 longer decodes) is recorded with its reason and the shard completes with the rest; a model failure
 (CUDA out of memory even for one sample, a broken node) fails the whole shard, which executors retry.
+
+A sample's `attributes` record only what its engine honoured (`honoured_attributes`): an engine that
+reads the prompt was asked for every attribute the plan drew; one that does not (transplant) honours
+what the frame decided, what its label measures (size class, position in the field of view) and what
+it says of itself (the donor's shape). Its `prompt_used` column says which.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.core.images import resize_image
 from pipeline.core.run import RunContext
 from pipeline.core.timing import StageTimer
 from pipeline.errors import PolypSynthError
 from pipeline.generate import shards
+from pipeline.plan.fov import detect_fov, position_in_view
 from pipeline.plan.frames import load_frame
 from pipeline.plan.masks.params import MaskParams
+from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.masks.shapes import draw_mask
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,7 @@ class Engine(Protocol):
     """What a shard worker needs from an engine (the SDXL engine, or a cheap one in benchmarks)."""
 
     identity: dict[str, Any]
+    prompt_used: bool  # whether the prompt decides its pixels (then every prompt attribute was asked for)
 
     def inpaint(self, frames: list[np.ndarray], masks: list[np.ndarray], prompts: list[str],
                 negatives: list[str], seeds: list[int], timer: StageTimer | None = None) -> list[np.ndarray]: ...
@@ -39,6 +50,32 @@ class Engine(Protocol):
     # paints for that label; recorded in the shard's `window` column (null for engines without one).
     # Optional: `donor_id(frame, mask, seed) -> str`, the real lesion a sample is made from; recorded
     # in the shard's `donor_id` column (null for engines without one).
+    # Optional: `attribute_types` (name → Arrow type) and `own_attributes(frame, mask, seed) -> dict`:
+    # what the engine measures of its own sample (e.g. the donor's shape), added to `attributes`.
+
+
+MEASURED = {"size": pa.string(), "position": pa.string()}
+"""Attributes measured from a sample's label: size class (the mask preset's band that holds its area)
+and position in the frame's field of view (`fov.position_in_view`)."""
+
+
+def attributes_type(planned: pa.StructType, frame_axes: tuple[str, ...], engine: Engine) -> pa.StructType:
+    """The shards' `attributes` struct for this engine (`honoured_attributes` fills it)."""
+    own = getattr(engine, "attribute_types", {})
+    if engine.prompt_used:
+        fields = [*planned, pa.field("position", MEASURED["position"])]
+    else:
+        fields = [planned.field(axis) for axis in frame_axes if planned.get_field_index(axis) >= 0]
+        fields += [pa.field(name, kind) for name, kind in MEASURED.items()]
+    return pa.struct(fields + [pa.field(name, kind) for name, kind in own.items()])
+
+
+def honoured_attributes(planned: dict[str, Any], measured: dict[str, str], frame_axes: tuple[str, ...],
+                        engine: Engine, own: dict[str, Any]) -> dict[str, Any]:
+    """What a sample's `attributes` say (see the module docstring)."""
+    if engine.prompt_used:
+        return {**planned, "position": measured["position"], **own}
+    return {**{axis: planned[axis] for axis in frame_axes if axis in planned}, **measured, **own}
 
 
 def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int, int]:
@@ -72,6 +109,18 @@ class ShardWorker:
     def __init__(self, engine: Engine, context: RunContext):
         self.engine, self.context = engine, context
         self.output_resolution = context.config.engine.output_resolution
+        self.attributes_type = attributes_type(context.attributes_type, context.frame_axes, engine)
+
+    @functools.cached_property
+    def preset(self) -> MaskPreset:
+        return MaskPreset.load(self.context.config.masks.preset)
+
+    def measure(self, frame: np.ndarray, mask: np.ndarray) -> dict[str, str]:
+        """The `MEASURED` attributes of a sample's label."""
+        label = mask > 0
+        view = detect_fov(frame).to_mask(frame.shape[1], frame.shape[0])
+        size = size_class_of(float(label.mean()), self.preset) if not self.engine.prompt_used else ""
+        return {"size": size, "position": position_in_view(label, view)}
 
     def run(self, shard_index: int, rows: list[dict[str, Any]]) -> ShardResult:
         timer = StageTimer()
@@ -95,13 +144,18 @@ class ShardWorker:
                       "pipeline_version": self.context.pipeline_version}
         window = getattr(self.engine, "window", None)  # engines that paint a part of the frame say which
         donor = getattr(self.engine, "donor_id", None)  # engines that transplant real lesions say which
+        own = getattr(self.engine, "own_attributes", None)  # what an engine measures of its own samples
         for (row, frame, mask), image in zip(ready, images):
             extra = {"window": window(mask).as_list()} if window else {}
             if donor:
                 extra["donor_id"] = donor(frame, mask, row["seed"])
-            done.append({**row, "image": image, "mask": mask, **provenance, **extra})
+            measured = timer.time("attributes", lambda: self.measure(frame, mask))
+            attributes = honoured_attributes(row["attributes"], measured, self.context.frame_axes, self.engine,
+                                             own(frame, mask, row["seed"]) if own else {})
+            done.append({**row, "image": image, "mask": mask, **provenance, **extra, "attributes": attributes,
+                         "prompt_used": self.engine.prompt_used})
 
-        table = timer.time("png_encode", lambda: shards.shard_table(done, self.context.attributes_type))
+        table = timer.time("png_encode", lambda: shards.shard_table(done, self.attributes_type))
         info = timer.time("write", lambda: shards.write_shard(self.context.layout, shard_index, table, failed,
                                                               self.context.provenance()))
         return ShardResult(info, dict(timer.seconds))

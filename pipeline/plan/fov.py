@@ -63,6 +63,23 @@ class FieldOfView:
         return hash((self.grid.shape, self.grid.tobytes()))
 
 
+CENTRE_RADIUS = 0.5
+"""A lesion is central when its centroid lies within this share of the view's equivalent radius of
+the view's centroid."""
+
+
+def position_in_view(label: np.ndarray, view: np.ndarray) -> str:
+    """`centre` or `periphery`: where a (boolean) label's centroid c_l lies in the (boolean) visible
+    field of view, of centroid c_v and area A: centre when |c_l − c_v| < 0.5 · √(A / π) (half the
+    radius of a disc of the view's area); periphery otherwise, or when either is empty."""
+    if not label.any() or not view.any():
+        return "periphery"
+    centroid = np.argwhere(label).mean(axis=0)
+    centre = np.argwhere(view).mean(axis=0)
+    radius = np.sqrt(np.count_nonzero(view) / np.pi)
+    return "centre" if np.linalg.norm(centroid - centre) < CENTRE_RADIUS * radius else "periphery"
+
+
 def grid_shape(width: int, height: int) -> tuple[int, int]:
     """(rows, cols) of the grid for an image: longest side GRID_SIDE (or the image's), aspect kept."""
     scale = min(1.0, GRID_SIDE / max(width, height))

@@ -141,7 +141,7 @@ class Plan:
     def context(self, config: JobConfig, layout: RunLayout) -> RunContext:
         """What the workers of this plan's run need."""
         return RunContext(layout=layout, config=config, run_id=self.run_id, plan_digest=self.digest,
-                          attributes_type=self.attributes_type)
+                          attributes_type=self.attributes_type, frame_axes=tuple(sorted(self.meta.frames.decided)))
 
     def write(self, run_dir: str) -> str:
         url = RunLayout(run_dir).plan

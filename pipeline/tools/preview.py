@@ -74,9 +74,16 @@ def contact_sheet(cells: list[Image.Image], out: str) -> None:
 
 
 def caption(row: dict) -> str:
-    """The prompt, led by the frame's modality (which the frame decides, so the prompt must agree)."""
-    modality = (row.get("attributes") or {}).get(MODALITY_AXIS)
-    return f"[{modality.upper()} frame] {row['prompt']}" if modality else row["prompt"]
+    """The prompt, led by the frame's modality (which the frame decides, so the prompt must agree); for
+    a sample whose engine never read its prompt (transplant), what it did honour: its donor, the
+    label's size class and position."""
+    attributes = row.get("attributes") or {}
+    modality = attributes.get(MODALITY_AXIS)
+    text = row["prompt"]
+    if row.get("prompt_used") is False:
+        text = (f"donor {row.get('donor_id')}: {attributes.get('size')} polyp, {attributes.get('position')} "
+                "of the view (prompt not used)")
+    return f"[{modality.upper()} frame] {text}" if modality else text
 
 
 def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> None:
@@ -104,7 +111,8 @@ def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:
             continue
         table = read_shard(storage.join(shard_dir, name))
         columns = ["sample_id", "image", "mask", "prompt", "attributes"] + (
-            ["window"] if windows and "window" in table.column_names else [])
+            ["window"] if windows and "window" in table.column_names else []) + [
+            name for name in ("prompt_used", "donor_id") if name in table.column_names]
         for row in table.select(columns).slice(0, n - len(cells)).to_pylist():
             try:
                 image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])

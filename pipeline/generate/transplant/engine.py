@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from pipeline.config import TransplantEngineConfig
 from pipeline.core.timing import StageTimer
@@ -168,7 +169,12 @@ def load_library(url: str) -> DonorLibrary:
 
 
 class TransplantEngine:
-    """The `Engine` of `pipeline.generate.worker` for `engine.kind: transplant`."""
+    """The `Engine` of `pipeline.generate.worker` for `engine.kind: transplant`. It never reads the
+    prompt: a sample looks like its donor, so its attributes are the frame's, its label's and the
+    donor's measured shape (`own_attributes`), not the prompt's."""
+
+    prompt_used = False
+    attribute_types = {"donor_area": pa.float32(), "donor_solidity": pa.float32(), "donor_eccentricity": pa.float32()}
 
     def __init__(self, config: TransplantEngineConfig):
         self.config = config
@@ -189,6 +195,12 @@ class TransplantEngine:
     def donor_id(self, frame: np.ndarray, mask: np.ndarray, seed: int) -> str:
         """The donor a sample was (or will be) made from: recorded in the shard's `donor_id` column."""
         return self.library.ids[self.choose(frame, mask, seed)]
+
+    def own_attributes(self, frame: np.ndarray, mask: np.ndarray, seed: int) -> dict[str, float]:
+        """The chosen donor's lesion as measured in its own frame: area fraction, solidity, eccentricity."""
+        index, traits = self.choose(frame, mask, seed), self.library.traits
+        return {"donor_area": float(traits.area_fraction[index]), "donor_solidity": float(traits.solidity[index]),
+                "donor_eccentricity": float(traits.eccentricity[index])}
 
     def inpaint(self, frames: list[np.ndarray], masks: list[np.ndarray], prompts: list[str],
                 negatives: list[str], seeds: list[int], timer: StageTimer | None = None) -> list[np.ndarray]:
