@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from pipeline.config import config_from_dict
-from pipeline.generate.sdxl import resolve_device, resolve_dtype
+from pipeline.config import TINY_MODEL_ID, config_from_dict
+from pipeline.core.devices import resolve_device
+from pipeline.generate.loading import resolve_dtype
 from pipeline.testing.data import shared_data
+from pipeline.tools.tiny_model import build_reserved_model
 from pipeline.train.finetune import trainer
 from pipeline.train.finetune.config import FinetuneConfig
 from pipeline.train.finetune.data import prepare_data
@@ -81,13 +83,15 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
     parser.add_argument("--images", type=int, default=8, help="real pairs encoded (batches repeat them)")
     args = parser.parse_args()
+    if args.model == TINY_MODEL_ID:
+        build_reserved_model()
 
     ids = sorted(p.stem for p in (shared_data() / "kvasir-seg" / "images").iterdir())[:args.images]
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.txt"
         split.write_text("\n".join(ids))
         config = _config(args, split, Path(tmp) / "out")
-        device = resolve_device(config.engine.device)
+        device = resolve_device(config.engine.device, "engine.device")
         dtype = resolve_dtype(config.engine.dtype, device)
         start = time.perf_counter()
         pipe = trainer.load_base(config.engine, device, dtype)

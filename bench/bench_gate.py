@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.config import config_from_dict
 from pipeline.core.images import resize_image
 from pipeline.core.layout import RunLayout
-from pipeline.core.run import RunContext
+from pipeline.executors.base import RunContext
 from pipeline.executors.local import LocalExecutor
 from pipeline.gate import checks
 from pipeline.gate.features import make_extractor

@@ -24,11 +24,13 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import load_config
+from pipeline.core.devices import resolve_device
 from pipeline.core.layout import RunLayout
-from pipeline.core.run import RunContext
+from pipeline.executors.base import RunContext
 from pipeline.executors.local import LocalExecutor
+from pipeline.generate.loading import resolve_dtype
 from pipeline.generate.runner import run_generate
-from pipeline.generate.sdxl import InpaintEngine, resolve_device, resolve_dtype
+from pipeline.generate.sdxl import InpaintEngine
 from pipeline.generate.worker import ShardWorker, make_worker
 
 STAGES = ("frame_load", "mask", "prepare", "model", "composite", "png_encode", "write")

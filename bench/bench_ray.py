@@ -18,8 +18,8 @@ import time
 import ray
 
 from pipeline.config import load_config
-from pipeline.core.run import RunContext
 from pipeline.core.timing import StageTimer
+from pipeline.executors.base import RunContext
 from pipeline.executors.local import LocalExecutor
 from pipeline.executors.ray import RayExecutor
 from pipeline.generate.runner import run_generate

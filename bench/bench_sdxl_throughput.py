@@ -54,7 +54,7 @@ from pipeline.core.images import decode_png, resize_image, resize_mask
 from pipeline.core.layout import RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.executors.local import LocalExecutor
-from pipeline.generate import sdxl
+from pipeline.generate import loading
 from pipeline.generate.runner import load_or_build_plan, run_generate
 from pipeline.generate.shards import read_shard
 from pipeline.generate.window import paint_window, working_side
@@ -165,7 +165,7 @@ def _sync() -> None:
 
 
 def _reset_memory() -> None:
-    sdxl.load_pipeline.cache_clear()
+    loading.load_pipeline.cache_clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -306,7 +306,7 @@ def table(rows: list[Row], results: list[Result], peak_tflops: float) -> str:
 
 def model_dir(args: argparse.Namespace) -> str:
     if args.tiny:
-        from pipeline.testing.tiny_model import build_tiny_model
+        from pipeline.tools.tiny_model import build_tiny_model
 
         return str(build_tiny_model(Path(args.cache) / "tiny-sdxl-inpaint"))
     if args.model:

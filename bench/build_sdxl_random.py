@@ -24,7 +24,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from pipeline.testing.tiny_model import local_tokenizer, sdxl_scheduler
+from pipeline.tools.tiny_model import local_tokenizer, sdxl_scheduler
 
 
 def text_encoders(vocab_size: int) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:

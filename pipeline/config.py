@@ -46,6 +46,10 @@ class MasksConfig(_Section):
     preset: str = "masks/default.yaml"
 
 
+TINY_MODEL_ID = "testing/tiny-random"
+"""The only name under which a job reaches random weights (a tiny SDXL built locally, for tests): a
+model path the user typed never builds one."""
+
 _SDXL_PIXEL_SETTINGS = (
     "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
     "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
@@ -58,7 +62,7 @@ class EngineConfig(_Section):
 
     kind: Literal["sdxl"] = "sdxl"
     model: str = Field("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-                       description="hub id, local folder, or testing/tiny-random (random weights, for tests)")
+                       description=f"hub id, local folder, or {TINY_MODEL_ID} (random weights, for tests)")
     revision: str | None = None
     variant: str | None = None
     vae: str | None = Field(None, description="separate VAE (hub id or path), e.g. the fp16-fix VAE")

@@ -14,7 +14,6 @@ from pipeline.data.dataset import (
     PairStream,
     TrainBatches,
     collate,
-    eval_transform,
     interleave,
     partition,
     seed_transform,
@@ -23,6 +22,7 @@ from pipeline.data.dataset import (
 from pipeline.data.sources import DataSpec, folder_refs, read_pairs, resolve
 from pipeline.errors import DataError, TrainError
 from pipeline.export.export import ExportOptions, export_runs
+from pipeline.segmenter.predict import eval_transform
 from pipeline.testing.data import shared_data
 from pipeline.testing.runs import kvasir_pairs, write_gated_run
 

@@ -14,7 +14,7 @@ from pipeline.errors import ModelLoadError
 from pipeline.generate.composite import repaint_region
 from pipeline.generate.sdxl import InpaintEngine
 from pipeline.testing.data import shared_data
-from pipeline.testing.tiny_model import build_tiny_model
+from pipeline.tools.tiny_model import build_tiny_model
 
 DATA = shared_data()
 PROMPT = "a 6 mm sessile polyp (Paris 0-Is) with a smooth pink surface, white light colonoscopy"

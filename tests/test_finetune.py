@@ -22,7 +22,7 @@ from pipeline.generate.sdxl import InpaintEngine
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import log_quantile, size_class_of
 from pipeline.testing.data import shared_data
-from pipeline.testing.tiny_model import build_tiny_model
+from pipeline.tools.tiny_model import build_tiny_model
 from pipeline.train.finetune import trainer
 from pipeline.train.finetune.config import FinetuneConfig
 from pipeline.train.finetune.data import load_pair, prepare_data

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.errors import ModelLoadError
-from pipeline.testing.tiny_model import build_tiny_model
+from pipeline.tools.tiny_model import build_tiny_model
 from pipeline.train.finetune import trainer
 from pipeline.train.finetune.distributed import finetune_on_ray
 from tests.test_finetune import TRAIN_IDS, make_config

@@ -11,12 +11,10 @@ import torch
 
 from pipeline.cli import main
 from pipeline.core.backbones import lite_state_dict
-from pipeline.data.dataset import PairStream, collate, eval_transform
+from pipeline.data.dataset import PairStream, collate
 from pipeline.data.sources import resolve
 from pipeline.errors import TrainError
-from pipeline.testing.data import shared_data
-from pipeline.testing.runs import kvasir_pairs, write_gated_run
-from pipeline.train.metrics import (
+from pipeline.segmenter.metrics import (
     BinFigures,
     by_size,
     false_positive,
@@ -24,7 +22,10 @@ from pipeline.train.metrics import (
     segment_metrics,
     size_bin,
 )
-from pipeline.train.model import build_unet, load_checkpoint, read_record
+from pipeline.segmenter.model import build_unet, load_checkpoint, read_record
+from pipeline.segmenter.predict import eval_transform
+from pipeline.testing.data import shared_data
+from pipeline.testing.runs import kvasir_pairs, write_gated_run
 from pipeline.train.paired import paired_difference
 from pipeline.train.segment import TrainSettings, train
 
@@ -158,7 +159,7 @@ def test_label_mismatch_check_in_the_gate_registry(tmp_path):
     from pipeline.config import GateConfig
     from pipeline.data.sources import read_pairs
     from pipeline.gate import checks
-    from pipeline.train.evaluate import predict
+    from pipeline.segmenter.predict import predict
 
     refs = resolve(f"{KVASIR}:train")[:2]
     checkpoint = train(refs, TrainSettings(size=64, steps=1, batch_size=2), tmp_path / "s.safetensors").checkpoint

@@ -30,6 +30,7 @@ from pipeline.core.digests import seed_from
 from pipeline.core.images import resize_image, resize_mask
 from pipeline.data.sources import PairRef, TableCache, read_pairs
 from pipeline.errors import TrainError
+from pipeline.segmenter.predict import to_tensors
 
 Transform = Callable[..., dict]
 
@@ -60,10 +61,6 @@ def train_transform(size: int) -> A.Compose:
     ])
 
 
-def eval_transform(size: int) -> A.Compose:
-    return A.Compose([A.Resize(size, size)])
-
-
 def seed_transform(transform: Transform | None, seed: int) -> None:
     """Make the transform's next draws a function of `seed` alone; a transform that cannot be seeded
     is refused, since an unseeded augmentation makes two runs of one seed differ."""
@@ -73,13 +70,6 @@ def seed_transform(transform: Transform | None, seed: int) -> None:
         raise TrainError(f"{type(transform).__name__} cannot be seeded (albumentations ≥ 1.4.21 has "
                            "Compose.set_random_seed): upgrade albumentations")
     transform.set_random_seed(seed % 2**32)
-
-
-def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 HxWx3 image and {0,255} HxW mask → (3,H,W) in [-1, 1] and (1,H,W) in {0, 1}."""
-    image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
-    mask_t = torch.from_numpy(np.ascontiguousarray(mask > 0)).float()[None]
-    return image_t, mask_t
 
 
 def partition(total: int, parts: int, part: int) -> slice:

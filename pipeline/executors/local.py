@@ -6,8 +6,12 @@ import logging
 from typing import Any
 
 from pipeline.core.progress import ProgressReporter
-from pipeline.core.run import RunContext
-from pipeline.executors.base import ExecutionReport, ShardFailure, WorkerFactory
+from pipeline.executors.base import (
+    ExecutionReport,
+    RunContext,
+    ShardFailure,
+    WorkerFactory,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,13 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from pipeline.config import ExecutorConfig
 from pipeline.core import logsetup
 from pipeline.core.progress import ProgressReporter
-from pipeline.core.run import RunContext
 from pipeline.errors import ExecutorError, PolypSynthError
-from pipeline.executors.base import ExecutionReport, ShardFailure, WorkerFactory
+from pipeline.executors.base import (
+    ExecutionReport,
+    RunContext,
+    ShardFailure,
+    WorkerFactory,
+)
 
 log = logging.getLogger(__name__)
 

@@ -123,7 +123,7 @@ def label_iou(config: GateConfig) -> PixelScorer:
     """IoU of `gate.segmenter`'s prediction with each label (NaN, never failing, without a segmenter)."""
     if config.segmenter is None:
         return lambda samples: np.full(len(samples), np.nan)
-    from pipeline.train.label_check import LabelIoUScorer
+    from pipeline.gate.label_check import LabelIoUScorer
 
     return LabelIoUScorer(config.segmenter, config.device)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.core.devices import resolve_device
 from pipeline.core.labelled import binary_label
 from pipeline.errors import GateError
 
@@ -43,10 +44,6 @@ def resize_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
 
 
-def _device(device: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-
-
 class _TorchExtractor:
     """Batches images through a network on one device; subclasses say how to prepare the input."""
 
@@ -55,7 +52,7 @@ class _TorchExtractor:
     size: int
 
     def __init__(self, network: torch.nn.Module, device: str, batch_size: int):
-        self.device = _device(device)
+        self.device = resolve_device(device, "gate.device", GateError)
         self.network = network.to(self.device).eval()
         self.batch_size = batch_size
 

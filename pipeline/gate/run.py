@@ -24,9 +24,8 @@ from pipeline.core import parquet, storage
 from pipeline.core.images import decode_png, resize_image
 from pipeline.core.labelled import split_digest
 from pipeline.core.layout import ReferenceLayout, RunLayout
-from pipeline.core.run import RunContext
 from pipeline.errors import FrameCatalogError, GateError
-from pipeline.executors.base import Executor
+from pipeline.executors.base import Executor, RunContext
 from pipeline.gate import checks, metrics
 from pipeline.gate.features import Extractor, lesion_crop, make_extractor
 from pipeline.gate.reference import Reference, build_reference, compare

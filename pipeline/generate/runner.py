@@ -20,6 +20,7 @@ from pipeline.errors import ShardError
 from pipeline.executors.base import (
     ExecutionReport,
     Executor,
+    RunContext,
     ShardFailure,
     WorkerFactory,
 )
@@ -121,7 +122,8 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
 
     if todo:  # verdicts of a run whose shards change are no longer the run's
         storage.remove(layout.gate_success)
-    context = plan.context(config, layout)
+    context = RunContext(layout=layout, config=config, run_id=plan.run_id, plan_digest=plan.digest,
+                         attributes_type=plan.attributes_type, frame_axes=plan.frame_axes)
     work = {index: plan.shard_rows(index) for index in todo}
     report = executor.execute(work, context, factory) if todo else ExecutionReport()
     for result in report.results:

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.images import resize_image
-from pipeline.core.run import RunContext
 from pipeline.core.timing import StageTimer
 from pipeline.errors import PolypSynthError
+from pipeline.executors.base import RunContext
 from pipeline.generate import shards
 from pipeline.plan.fov import detect_fov, position_in_view
 from pipeline.plan.frames import load_frame

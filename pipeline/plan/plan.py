@@ -29,7 +29,6 @@ from pipeline.core import parquet
 from pipeline.core.digests import digest, seed_from
 from pipeline.core.layout import RunLayout
 from pipeline.core.progress import progress_bar
-from pipeline.core.run import RunContext
 from pipeline.errors import ConfigError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog
@@ -138,10 +137,10 @@ class Plan:
     def digest(self) -> str:
         return digest("\n".join(self.table.column("sample_id").to_pylist()))
 
-    def context(self, config: JobConfig, layout: RunLayout) -> RunContext:
-        """What the workers of this plan's run need."""
-        return RunContext(layout=layout, config=config, run_id=self.run_id, plan_digest=self.digest,
-                          attributes_type=self.attributes_type, frame_axes=tuple(sorted(self.meta.frames.decided)))
+    @property
+    def frame_axes(self) -> tuple[str, ...]:
+        """Prompt-bank axes the frames decide (modality, metadata columns)."""
+        return tuple(sorted(self.meta.frames.decided))
 
     def write(self, run_dir: str) -> str:
         url = RunLayout(run_dir).plan

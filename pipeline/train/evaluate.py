@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pipeline.core.devices import resolve_device
 from pipeline.core.progress import ProgressReporter
-from pipeline.data.dataset import eval_transform, to_tensors
 from pipeline.data.sources import (
     DataSpec,
     read_image,
@@ -20,7 +19,8 @@ from pipeline.data.sources import (
     resolve,
     unlabelled_files,
 )
-from pipeline.train.metrics import (
+from pipeline.errors import TrainError
+from pipeline.segmenter.metrics import (
     METRICS,
     SIZE_BINS,
     BinFigures,
@@ -32,8 +32,8 @@ from pipeline.train.metrics import (
     missed,
     segment_metrics,
 )
-from pipeline.train.model import load_checkpoint
-from pipeline.train.segment import resolve_device
+from pipeline.segmenter.model import load_checkpoint
+from pipeline.segmenter.predict import predict
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,6 @@ class NegativesReport:
         return {"data": self.data, "n": self.n, "fp_rate": self.fp_rate, "largest_region": self.largest}
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, image: np.ndarray, size: int, device: torch.device) -> np.ndarray:
-    """Boolean HxW prediction at the image's own size."""
-    resized = eval_transform(size)(image=image)["image"]
-    tensor, _ = to_tensors(resized, np.zeros(resized.shape[:2], np.uint8))
-    logits = model(tensor[None].to(device))
-    logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return (logits[0, 0] > 0).cpu().numpy()
-
-
 def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: str) -> SetReport:
     refs = resolve(DataSpec.parse(text))
     per_image: dict[str, ImageMetrics] = {}
@@ -114,7 +104,7 @@ def evaluate(checkpoint: str, specs: list[str], device: str = "auto",
              negatives: list[str] = ()) -> list[SetReport | NegativesReport]:
     """Reports on each labelled set of `specs`, then on each folder of polyp-free frames of `negatives`."""
     model, record = load_checkpoint(checkpoint)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device", TrainError)
     model.to(torch_device)
     reports: list[SetReport | NegativesReport] = [evaluate_set(model, record.size, torch_device, s) for s in specs]
     return reports + [evaluate_negatives(model, record.size, torch_device, s) for s in negatives]

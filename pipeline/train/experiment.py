@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from pipeline.core import storage
 from pipeline.core.digests import json_digest
@@ -43,40 +43,9 @@ from pipeline.train.evaluate import evaluate
 from pipeline.train.leakage import SyntheticSet, check_real, check_synthetic
 from pipeline.train.segment import TrainSettings, steps_for, train
 from pipeline.train.summary import summarise, write_summary
+from pipeline.train.trial import Trial, TrialResult
 
 log = logging.getLogger(__name__)
-
-Budget = Literal["epochs", "steps", "compute"]
-
-
-class Trial(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    synthetic: str | None  # name of the synthetic set; None: real only
-    ratio: float
-    seed: int
-    budget: Budget
-    steps: int | None = None  # for budgets "steps" and "compute"
-
-    @property
-    def key(self) -> str:
-        """e.g. `gated-r1-s0-epochs`; `real-r1-s0-compute` is real only, as long as ratio 1 trains."""
-        return f"{self.synthetic or 'real'}-r{self.ratio:g}-s{self.seed}-{self.budget}"
-
-
-class TrialResult(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    trial: Trial
-    experiment: str = ""  # ExperimentSpec.digest(content), stamped by run_experiment: never reused by another
-    real_ids: list[str]
-    synthetic_per_epoch: int
-    steps: int
-    samples_seen: int
-    epochs: int
-    seconds: float
-    metrics: dict[str, dict[str, float | None]]  # eval set → figure → value (`SetReport.figures`)
-
 
 @dataclass(frozen=True)
 class ExperimentSpec:

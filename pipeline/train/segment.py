@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader
 
 from pipeline import __version__
+from pipeline.core.devices import resolve_device
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.dataset import TrainBatches, synthetic_count, train_transform
 from pipeline.data.sources import PairRef
 from pipeline.errors import TrainError
-from pipeline.train.model import (
+from pipeline.segmenter.model import (
     DEFAULT_ENCODER,
     TrainRecord,
     build_unet,
@@ -60,15 +61,6 @@ class TrainResult:
     record: TrainRecord
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, …)") from None
-
-
 BATCH_RULE = ("every step is a full batch at the arm's real:synthetic ratio (± 1 pair); steps at equal epochs = "
               "⌈epochs · (real + synthetic per epoch) / batch size⌉; samples seen = steps × batch size")
 """The budget rule, as the experiment's table states it."""
@@ -96,7 +88,7 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
         raise TrainError("no real training pairs")
     if settings.ratio > 0 and not synthetic:
         raise TrainError(f"--ratio {settings.ratio} needs --synthetic data")
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, "--device", TrainError)
     _deterministic(device)
     torch.manual_seed(settings.seed)
     model = build_unet(settings.encoder, settings.encoder_weights).to(device)

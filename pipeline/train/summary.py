@@ -13,19 +13,16 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.core import storage
 from pipeline.core.layout import ExperimentLayout
-from pipeline.train.metrics import SIZE_BINS
+from pipeline.segmenter.metrics import SIZE_BINS
 from pipeline.train.paired import Difference, Verdict, paired_difference
 from pipeline.train.segment import BATCH_RULE
-
-if TYPE_CHECKING:
-    from pipeline.train.experiment import TrialResult
+from pipeline.train.trial import TrialResult
 
 REAL_ONLY = "real only"
 LOWER_IS_BETTER = {"hd95", "miss_rate", "fp_rate", *(f"miss_{name}" for name, _, _ in SIZE_BINS)}

@@ -39,25 +39,22 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import EngineConfig
+from pipeline.config import TINY_MODEL_ID, EngineConfig
+from pipeline.core.devices import resolve_device
 from pipeline.core.digests import seed_from
 from pipeline.core.layout import LORA_FILE, FinetuneLayout
 from pipeline.core.progress import ProgressReporter, progress_bar
 from pipeline.errors import ConfigError, ModelLoadError, TrainError
-from pipeline.generate.sdxl import (
-    InpaintEngine,
-    _check_pipeline_folder,
-    _load,
-    _local_path,
+from pipeline.generate.loading import (
+    check_pipeline_folder,
+    is_tiny_model,
+    load_component,
     load_pipeline,
-    resolve_device,
+    local_path,
+    reserved_tiny_model,
     resolve_dtype,
 )
-from pipeline.testing.tiny_model import (
-    TINY_MODEL_ID,
-    is_tiny_model,
-    reserved_tiny_model,
-)
+from pipeline.generate.sdxl import InpaintEngine
 from pipeline.tools.preview import contact_sheet, tile
 from pipeline.train.finetune.config import FinetuneConfig, TrainConfig
 from pipeline.train.finetune.data import Example, FinetuneData, load_pair, prepare_data
@@ -97,10 +94,10 @@ def check_base_model(engine: EngineConfig) -> None:
     """The engine's checks of the base model, and its UNet's input channels, from configs alone: a
     wrong model is refused before a cluster spends anything on it."""
     model = str(reserved_tiny_model()) if engine.model == TINY_MODEL_ID else engine.model
-    path = _local_path(model, "engine.model")
+    path = local_path(model, "engine.model")
     if path is not None:
-        _check_pipeline_folder(path, engine.allow_pickle)
-    unet = _load("engine.model", model, path is None,
+        check_pipeline_folder(path, engine.allow_pickle)
+    unet = load_component("engine.model", model, path is None,
                  lambda: UNet2DConditionModel.load_config(model, subfolder="unet", revision=engine.revision))
     _refuse_non_inpainting(engine, unet.get("in_channels", 0))
 
@@ -435,7 +432,7 @@ def finetune(config: FinetuneConfig, data: FinetuneData | None = None, rank: int
              report: Callable[[dict], None] | None = None) -> FinetuneResult:
     """Train (or resume, or just finish) the LoRA of `config`; rank 0 writes every file."""
     data = data or prepare_data(config)
-    device = device or resolve_device(config.engine.device)
+    device = device or resolve_device(config.engine.device, "engine.device")
     dtype = resolve_dtype(config.engine.dtype, device)
     layout, train, main = FinetuneLayout(Path(config.output)), config.train, rank == 0
     layout.root.mkdir(parents=True, exist_ok=True)

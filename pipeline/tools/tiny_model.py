@@ -1,4 +1,5 @@
-"""A tiny, randomly initialised SDXL inpainting pipeline for tests and the demo.
+"""Build a tiny, randomly initialised SDXL inpainting pipeline for tests and the demo
+(`polyp-synth build-tiny-model`; jobs reach it only as `engine.model: testing/tiny-random`).
 
 No weights can be downloaded here, so tests load this model through the same `from_pretrained` path
 as the real one. The architecture is SDXL's (two CLIP text encoders, the second with a projection;
@@ -29,10 +30,11 @@ from transformers import (
 )
 
 from pipeline.errors import ModelLoadError
-
-MARKER = "tiny_model.json"
-# The only name under which a job reaches random weights: a model path the user typed never builds one.
-TINY_MODEL_ID = "testing/tiny-random"
+from pipeline.generate.loading import (
+    TINY_MODEL_MARKER,
+    is_tiny_model,
+    reserved_model_dir,
+)
 
 TEXT_HIDDEN = 32  # both text encoders (SDXL: 768 and 1280)
 TEXT_PROJECTION = 32  # pooled embedding of the second encoder (SDXL: 1280)
@@ -139,7 +141,7 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
     out_dir = Path(out_dir)
     recipe = {"unet_channels": unet_channels, "seed": seed}
     if out_dir.exists():
-        marker = out_dir / MARKER
+        marker = out_dir / TINY_MODEL_MARKER
         try:
             if json.loads(marker.read_text()) == recipe:
                 return out_dir
@@ -167,7 +169,7 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
             )
         model_dir = tmp / "model"
         pipe.save_pretrained(model_dir, safe_serialization=True)
-        (model_dir / MARKER).write_text(json.dumps(recipe))
+        (model_dir / TINY_MODEL_MARKER).write_text(json.dumps(recipe))
         try:
             os.rename(model_dir, out_dir)
         except OSError:  # another process (a second Ray actor) finished first: use its copy
@@ -178,15 +180,6 @@ def build_tiny_model(out_dir: str | os.PathLike, unet_channels: int = 9, seed: i
     return out_dir
 
 
-def is_tiny_model(path: str | os.PathLike) -> bool:
-    """Whether a model folder holds random weights built here (shards made with it must say so)."""
-    return (Path(path) / MARKER).is_file()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("POLYP_SYNTH_CACHE", Path.home() / ".cache" / "polyp-synth"))
-
-
-def reserved_tiny_model() -> Path:
-    """The folder behind `engine.model: testing/tiny-random`, built on first use in the cache."""
-    return build_tiny_model(cache_dir() / "tiny-random-sdxl-inpaint")
+def build_reserved_model() -> Path:
+    """Build the model behind `engine.model: testing/tiny-random` where the loader looks for it."""
+    return build_tiny_model(reserved_model_dir())

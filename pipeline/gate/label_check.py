@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from pipeline.core import storage
+from pipeline.core.devices import resolve_device
 from pipeline.core.digests import sha256_hex
-from pipeline.train.evaluate import predict
-from pipeline.train.metrics import segment_metrics
-from pipeline.train.model import load_checkpoint
-from pipeline.train.segment import resolve_device
+from pipeline.errors import GateError
+from pipeline.segmenter.metrics import segment_metrics
+from pipeline.segmenter.model import load_checkpoint
+from pipeline.segmenter.predict import predict
 
 
 class LabelIoUScorer:
@@ -34,7 +35,7 @@ class LabelIoUScorer:
     def _model(self) -> tuple[torch.nn.Module, int, torch.device]:
         """Loaded on first use: a re-gate answered from the cache never pays for the model."""
         model, record = load_checkpoint(self.checkpoint)
-        device = resolve_device(self.device_name)
+        device = resolve_device(self.device_name, "gate.device", GateError)
         return model.to(device), record.size, device
 
     def score(self, image: np.ndarray, mask: np.ndarray) -> float:

@@ -1,0 +1,59 @@
+"""Commands of the generate stage: donor libraries, generating a job, and the whole job (generate → gate)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.cli.args import AddCommand, action, executor, group, job, job_arguments
+from pipeline.cli.plan import labelled_set_arguments
+
+log = logging.getLogger("pipeline")
+
+
+def cmd_donors_build(args: argparse.Namespace) -> int:
+    from pipeline.generate.transplant.donors import build_donors
+
+    print(build_donors(args.images, args.masks, args.out, args.split).line())
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.generate.runner import run_generate
+
+    config = job(args)
+    summary = run_generate(config, executor(config), args.n)
+    print(summary.line())
+    return 0 if summary.ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """generate → gate; the gate runs only on a complete run, and its verdict is the exit code."""
+    from pipeline.gate.run import run_gate
+    from pipeline.generate.runner import run_generate
+
+    config = job(args)
+    summary = run_generate(config, executor(config), args.n)
+    print(summary.line())
+    if not summary.ok:
+        return 1
+    if not config.gate.enabled:
+        log.info("gate.enabled is false: not gating %s", config.run_dir())
+        return 0
+    outcome = run_gate(config.run_dir(), config, executor(config, "gating"))
+    print(outcome.line())
+    return 0 if outcome.passed else 1
+
+
+def register(add: AddCommand) -> None:
+    donors = group(add, "donors", "donor libraries of real lesions for the transplant engine")
+    labelled_set_arguments(action(donors, "build", cmd_donors_build,
+                                  "cut every lesion of a labelled set (its training split) into a library"),
+                           "donor library to write (Parquet; local path or fsspec URL)")
+    for name, fn, text in (
+        ("generate", cmd_generate, "plan → generate → shards"),
+        ("run", cmd_run, "the whole job: generate → gate (export with `polyp-synth export`)"),
+    ):
+        p = add(name, fn, text)
+        job_arguments(p)
+        p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind")
