@@ -57,7 +57,7 @@ def _histogram_png(name: str, values: np.ndarray, bound: float | None, fail_belo
 
 def _sheet_png(layout: RunLayout, picks: list[tuple[int, str, str]]) -> bytes | None:
     """Contact sheet of (shard_index, sample_id, caption) picks, read from the shards."""
-    from pipeline.tools.preview import contact_sheet, tile
+    from pipeline.core.sheets import contact_sheet, tile
 
     if not picks:
         return None

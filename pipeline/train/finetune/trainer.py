@@ -44,6 +44,7 @@ from pipeline.core.devices import resolve_device
 from pipeline.core.digests import seed_from
 from pipeline.core.layout import LORA_FILE, FinetuneLayout
 from pipeline.core.progress import ProgressReporter, progress_bar
+from pipeline.core.sheets import contact_sheet, tile
 from pipeline.errors import ConfigError, ModelLoadError, TrainError
 from pipeline.generate.loading import (
     check_pipeline_folder,
@@ -55,7 +56,6 @@ from pipeline.generate.loading import (
     resolve_dtype,
 )
 from pipeline.generate.sdxl import InpaintEngine
-from pipeline.tools.preview import contact_sheet, tile
 from pipeline.train.finetune.config import FinetuneConfig, TrainConfig
 from pipeline.train.finetune.data import Example, FinetuneData, load_pair, prepare_data
 from pipeline.train.finetune.objective import inpainting_loss, unet_input
