@@ -50,7 +50,7 @@ from PIL import Image
 from sdxl_flops import sample_flops, steps_run
 
 from pipeline.config import JobConfig, config_from_dict
-from pipeline.core.images import decode_png, resize_image, resize_mask
+from pipeline.core.images import decode_image, resize_image, resize_mask
 from pipeline.core.layout import RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.executors.local import LocalExecutor
@@ -229,7 +229,7 @@ def run_engine_row(args: argparse.Namespace, model: str, out: str, row: Row, ref
     _sync()
     seconds = time.perf_counter() - start
     manifest = json.loads(Path(RunLayout(config.run_dir()).manifest).read_text())
-    first = decode_png(read_shard(RunLayout(config.run_dir()).shard(0)).column("image")[0]["bytes"].as_py())
+    first = decode_image(read_shard(RunLayout(config.run_dir()).shard(0)).column("image")[0]["bytes"].as_py())
     return Result(row.name, row.dtype, args.batch, summary.written_samples, seconds, flops, warmup, _peak_gib(),
                   None if reference is None else int(np.abs(first.astype(int) - reference).max()),
                   manifest["timings"]["stage_seconds"])
@@ -367,7 +367,7 @@ def main() -> None:
                 results.append(run_engine_row(args, model, out, row, reference))
                 if reference is None:
                     config = job_config(args, model, out, "timed-engine", row, args.n)
-                    reference = decode_png(read_shard(RunLayout(config.run_dir()).shard(0))
+                    reference = decode_image(read_shard(RunLayout(config.run_dir()).shard(0))
                                            .column("image")[0]["bytes"].as_py()).astype(int)
             r = results[-1]
             print(f"  {row.name}: {r.images_per_s:.3f} images/s, {r.flops / r.seconds / 1e12:.4g} TFLOP/s, "

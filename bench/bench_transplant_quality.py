@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.config import TransplantEngineConfig, config_from_dict
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.executors.local import LocalExecutor
 from pipeline.gate.features import lesion_crop, make_extractor
 from pipeline.gate.reference import compare
@@ -69,7 +69,7 @@ def read_label(path: Path) -> np.ndarray:
 
 
 def shard_crops(run_dir: str) -> list[np.ndarray]:
-    return [lesion_crop(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]))
+    return [lesion_crop(decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"]))
             for path in sorted(Path(run_dir, "shards").glob("*.parquet"))
             for row in pq.read_table(path, columns=["image", "mask"]).to_pylist()]
 
@@ -79,7 +79,7 @@ def shard_images(run_dir: str, n: int) -> list[np.ndarray]:
     rows = pq.read_table(min(Path(run_dir, "shards").glob("*.parquet")), columns=["image", "mask"]).to_pylist()
     pictures = []
     for row in rows[:n]:
-        image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+        image, mask = decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"])
         outline, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         pictures.append(cv2.drawContours(image.copy(), outline, -1, (0, 255, 0), max(1, image.shape[0] // 200)))
     return pictures

@@ -50,6 +50,11 @@ TINY_MODEL_ID = "testing/tiny-random"
 """The only name under which a job reaches random weights (a tiny SDXL built locally, for tests): a
 model path the user typed never builds one."""
 
+SDXL_ALGORITHM = 1
+"""Raised whenever the SDXL engine makes other pixels from the same settings and weights (its window,
+compositing, seeding), so a resumed run never mixes shards of two versions; the golden-pixel test
+(tests/test_golden.py) fails when the pixels change and this does not."""
+
 _SDXL_PIXEL_SETTINGS = (
     "model", "revision", "variant", "vae", "lora", "resolution", "output_resolution", "scheduler",
     "steps", "guidance_scale", "strength", "dtype", "mask_dilation", "mask_feather",
@@ -102,9 +107,10 @@ class EngineConfig(_Section):
     )
 
     def pixel_settings(self) -> dict[str, Any]:
-        """Settings that decide a sample's pixels (part of its id). Batch size and device are not:
-        the same sample comes out of any batch on any device."""
-        return {key: getattr(self, key) for key in _SDXL_PIXEL_SETTINGS}
+        """Settings that decide a sample's pixels (part of its id), and the engine's algorithm version.
+        Batch size and device are not: the same sample comes out of any batch; on another device or
+        dtype it differs only by float rounding (README, "Same sample, same pixels")."""
+        return {**{key: getattr(self, key) for key in _SDXL_PIXEL_SETTINGS}, "algorithm": SDXL_ALGORITHM}
 
 
 class DonorSourceConfig(_Section):
@@ -117,7 +123,8 @@ class DonorSourceConfig(_Section):
 
 TRANSPLANT_ALGORITHM = 2
 """Raised whenever the transplant engine makes other pixels from the same settings (2: light
-reflections spared by the colour transfer), so a resumed run never mixes shards of two versions."""
+reflections spared by the colour transfer), so a resumed run never mixes shards of two versions;
+the golden-pixel test (tests/test_golden.py) fails when the pixels change and this does not."""
 
 
 class TransplantEngineConfig(_Section):
@@ -203,9 +210,14 @@ class GateConfig(_Section):
     duplicate_similarity_max: float | None = Field(0.995, description="cosine similarity of features to another sample")
     segmenter: str | None = Field(None, description="segmentation checkpoint (polyp-synth train, on real data): "
                                                     "turns on the label_mismatch check")
-    label_iou_min: float | None = Field(0.8, description="IoU of the segmenter's prediction with the label "
-                                                         "(checked only with gate.segmenter)")
+    label_iou_min: float | Literal["auto"] | None = Field(
+        "auto", description="IoU of the segmenter's prediction with the label (checked only with gate.segmenter); "
+        "auto: the IoU 90 % of held-out real images reach with that segmenter (recorded by `train --holdout`)")
     nearest_k: int = Field(5, gt=0, description="k of the k-NN balls (precision/recall/density/coverage, realism)")
+    unscored_allowed: list[Literal["unpainted", "leaked", "blank", "saturated", "no_lesion", "unrealistic",
+                                   "near_duplicate", "label_mismatch"]] = Field(
+        [], description="checks whose missing score does not reject a sample (by default a sample a check cannot "
+        "score, e.g. because its source frame cannot be read, is rejected as `unscored`)")
     # per shard and per run
     shard_kid_max: float | None = Field(0.05, description="a shard whose lesion-crop KID exceeds this is rejected whole")
     run_kid_max: float | None = Field(None, description="the run fails when the KID of its samples exceeds this")

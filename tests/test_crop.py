@@ -195,7 +195,7 @@ def test_a_run_records_each_window_and_preview_draws_it(tmp_path, tiny_model_dir
     import datasets
 
     from pipeline.config import config_from_dict
-    from pipeline.core.images import decode_png
+    from pipeline.core.images import decode_image
     from pipeline.core.layout import RunLayout
     from pipeline.core.timing import StageTimer
     from pipeline.executors.local import LocalExecutor
@@ -216,7 +216,7 @@ def test_a_run_records_each_window_and_preview_draws_it(tmp_path, tiny_model_dir
     rows = pq.read_table(shard).to_pylist()
     plan = {r["sample_id"]: r for r in Plan.read(config.run_dir()).table.to_pylist()}
     for row in rows:
-        mask = decode_png(row["mask"]["bytes"])
+        mask = decode_image(row["mask"]["bytes"])
         planned = plan[row["sample_id"]]
         assert mask.shape == (planned["frame_height"], planned["frame_width"])  # each frame's own size
         _, label = prepare_sample(planned, None, StageTimer())

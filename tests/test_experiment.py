@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.core.images import decode_png, encode_png
+from pipeline.core.images import decode_image, encode_png
 from pipeline.core.lineage import ImageKeys, Lineage, stem
 from pipeline.errors import TrainError
 from pipeline.export.export import ExportOptions, export_runs
@@ -90,7 +90,7 @@ def test_a_small_experiment_trains_every_arm_once_compares_by_seed_and_resumes(t
     (tmp_path / "exp" / "trials.jsonl").write_text(lines + lines.splitlines()[0][:40])  # killed mid-append
     assert run_experiment(spec) == results
     image = min((tmp_path / "ex" / "images").iterdir())
-    image.write_bytes(encode_png(255 - decode_png(image.read_bytes())))  # regenerated at the same path
+    image.write_bytes(encode_png(255 - decode_image(image.read_bytes())))  # regenerated at the same path
     with pytest.raises(TrainError, match="holds trials of another experiment"):
         run_experiment(spec)  # never answered from results trained on the old pixels
 

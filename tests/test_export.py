@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.core import storage
 from pipeline.core.digests import sha256_hex
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.data.sources import resolve
 from pipeline.errors import ExportError, GateError
 from pipeline.export.export import ExportOptions, export_runs
@@ -73,7 +73,7 @@ def test_folder_export_reads_with_the_folder_loader_and_carries_its_provenance(r
     assert manifest.samples == 6 and manifest.rejected_included == 1
     refs = resolve(str(tmp_path / "f"))
     assert sorted(ref.sample_id for ref in refs) == sorted(a)
-    mask = decode_png((tmp_path / "f" / "masks" / f"{a[0]}.png").read_bytes())
+    mask = decode_image((tmp_path / "f" / "masks" / f"{a[0]}.png").read_bytes())
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
     metadata = pq.read_table(tmp_path / "f" / "metadata.parquet")  # what the pixels were made from, per sample
     assert metadata.column("sample_id").to_pylist() == a and "image" not in metadata.column_names

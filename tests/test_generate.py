@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import config_from_dict
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.layout import MANIFEST_FILE, SHARD_DIR, SUCCESS_FILE, RunLayout
 from pipeline.core.timing import StageTimer
 from pipeline.executors.local import LocalExecutor
@@ -74,7 +74,7 @@ def test_masks_are_the_planned_labels_and_pixels_outside_the_repaint_region_are_
     plan = {r["sample_id"]: r for r in Plan.read(config.run_dir()).table.to_pylist()}
     for row in shard_rows(config.run_dir()):
         frame, planned_mask = prepare_sample(plan[row["sample_id"]], config.engine.output_resolution, StageTimer())
-        mask, image = decode_png(row["mask"]["bytes"]), decode_png(row["image"]["bytes"])
+        mask, image = decode_image(row["mask"]["bytes"]), decode_image(row["image"]["bytes"])
         assert set(np.unique(mask)) <= {0, 255} and np.array_equal(mask, planned_mask)
         outside = repaint_region(mask, config.engine.mask_dilation, config.engine.mask_feather) == 0
         assert outside.mean() > 0.3
@@ -102,7 +102,7 @@ def test_batch_size_does_not_change_the_pictures(first_run, tmp_path, tiny_model
     assert summary.ok and summary.written_samples == 6 and summary.shards_skipped == 0
     for a, b in zip(shard_rows(config.run_dir()), shard_rows(single.run_dir())):
         assert a["sample_id"] == b["sample_id"]
-        diff = np.abs(decode_png(a["image"]["bytes"]).astype(int) - decode_png(b["image"]["bytes"]).astype(int))
+        diff = np.abs(decode_image(a["image"]["bytes"]).astype(int) - decode_image(b["image"]["bytes"]).astype(int))
         assert diff.max() <= 2
 
 

@@ -11,6 +11,7 @@ from pipeline.plan.frames import build_catalog
 from pipeline.plan.masks.params import MaskParams
 from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.plan import Plan, build_plan
+from pipeline.core.timing import StageTimer
 from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
@@ -79,3 +80,48 @@ def test_masks_stay_inside_the_field_of_view_of_bordered_frames(tmp_path):
         mask = draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), frame.width, frame.height)
         visible = frame.fov.to_mask(frame.width, frame.height)
         assert mask.any() and not np.any((mask > 0) & ~visible), row["source_frame"]
+
+
+def test_an_input_edited_in_place_is_refused_on_resume_naming_it(tmp_path):
+    """Identity is content: the bank, the preset, the frame files and their metadata, not their paths."""
+    import shutil
+
+    from pipeline.errors import FrameCatalogError, ShardError
+    from pipeline.generate.runner import load_or_build_plan
+    from pipeline.generate.worker import prepare_sample
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for n in range(1, 4):
+        shutil.copy(DATA / "normal-mucosa" / f"{n}.jpg", frames)
+    shutil.copy(ROOT / "prompts/clinical.yaml", tmp_path / "bank.yaml")
+    shutil.copy(ROOT / "masks/default.yaml", tmp_path / "preset.yaml")
+    (tmp_path / "meta.csv").write_text("frame,location\n1.jpg,cecum\n")
+    config = job(tmp_path, **{"frames.source": frames, "frames.limit": "null", "prompts.bank": tmp_path / "bank.yaml",
+                              "masks.preset": tmp_path / "preset.yaml", "frames.metadata": tmp_path / "meta.csv",
+                              "samples": 6})
+    plan = load_or_build_plan(config, config.run_dir(), None)
+    assert load_or_build_plan(config, config.run_dir(), None).digest == plan.digest  # unchanged inputs: reused
+
+    def refused(edit, undo, match):
+        edit()
+        with pytest.raises(ShardError, match=match):
+            load_or_build_plan(config, config.run_dir(), None)
+        undo()
+        assert load_or_build_plan(config, config.run_dir(), None).digest == plan.digest
+
+    bank = (tmp_path / "bank.yaml").read_text()
+    refused(lambda: (tmp_path / "bank.yaml").write_text(bank.replace("{id: 0-Ip, weight: 0.10", "{id: 0-Ip, weight: 90.10")),
+            lambda: (tmp_path / "bank.yaml").write_text(bank), "the prompt bank .*bank.yaml changed")
+    preset = (tmp_path / "preset.yaml").read_text()
+    refused(lambda: (tmp_path / "preset.yaml").write_text(preset.replace("vertices: 96", "vertices: 80")),
+            lambda: (tmp_path / "preset.yaml").write_text(preset), "the mask preset .*preset.yaml changed")
+    refused(lambda: shutil.copy(DATA / "normal-mucosa" / "7.jpg", frames), lambda: (frames / "7.jpg").unlink(),
+            "the frame files of .* changed")
+    refused(lambda: (tmp_path / "meta.csv").write_text("frame,location\n1.jpg,rectum\n"),
+            lambda: (tmp_path / "meta.csv").write_text("frame,location\n1.jpg,cecum\n"), "the frame metadata .* changed")
+
+    row = plan.table.to_pylist()[0]  # a frame whose bytes changed since planning never makes a sample
+    shutil.copy(DATA / "normal-mucosa" / "8.jpg", row["source_frame"])
+    with pytest.raises(FrameCatalogError, match="changed since the run was planned"):
+        prepare_sample(row, 64, StageTimer())

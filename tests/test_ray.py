@@ -18,7 +18,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.layout import SHARD_DIR
 from pipeline.core.storage import TEMP_PREFIX
 from pipeline.plan.plan import Plan
@@ -147,7 +147,7 @@ def test_two_workers_make_the_same_shards_as_one(cluster, tmp_path, tiny_model_d
         assert done.returncode == 0, done.stderr[-3000:]
         manifest = json.loads((out / "smoke" / "manifest.json").read_text())
         assert manifest["complete"] and manifest["samples"]["written"] == 8
-        images[workers] = {r["sample_id"]: decode_png(r["image"]["bytes"])
+        images[workers] = {r["sample_id"]: decode_image(r["image"]["bytes"])
                            for p in sorted((out / "smoke" / SHARD_DIR).glob("*.parquet"))
                            for r in pq.read_table(p).to_pylist()}
     assert images[1].keys() == images[2].keys()

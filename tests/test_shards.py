@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core import parquet, storage
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.layout import RunLayout
 from pipeline.generate import shards
 
@@ -42,8 +42,8 @@ def test_round_trip_is_lossless(tmp_path, table):
     assert back.num_rows == info.rows == 3
     assert pq.ParquetFile(RunLayout(str(tmp_path)).shard(0)).metadata.row_group(0).column(0).compression == "ZSTD"
     for original, stored in zip(rows, back.to_pylist()):
-        assert np.array_equal(decode_png(stored["image"]["bytes"]), original["image"])
-        mask = decode_png(stored["mask"]["bytes"])
+        assert np.array_equal(decode_image(stored["image"]["bytes"]), original["image"])
+        mask = decode_image(stored["mask"]["bytes"])
         assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255} and np.array_equal(mask, original["mask"])
         assert stored["mask_area"] == pytest.approx((original["mask"] > 0).mean())
         ys, xs = np.nonzero(original["mask"])
@@ -114,4 +114,4 @@ def test_shards_on_s3(s3_server, table):
 
 def test_bytes_that_are_not_an_image_are_a_value_error_not_a_crash():
     with pytest.raises(ValueError, match="not a decodable image"):
-        decode_png(b"garbage")
+        decode_image(b"garbage")

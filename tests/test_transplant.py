@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.config import TransplantEngineConfig, config_from_dict
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.parquet import provenance
 from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, DonorError, ShardError
@@ -107,8 +107,8 @@ def test_library_holds_every_lesion_of_the_split_and_nothing_else(library, split
     for row in rows:  # each crop's mask is that lesion alone, where the source mask has it
         x0, y0, x1, y1 = row["crop_box"]
         source = cv2.imread(str(KVASIR / "masks" / f"{MULTI_LESION}.jpg"), 0)[y0:y1, x0:x1] > 127
-        crop_mask = decode_png(row["mask"]["bytes"]) > 0
-        assert crop_mask.shape == source.shape and decode_png(row["image"]["bytes"]).shape == (*source.shape, 3)
+        crop_mask = decode_image(row["mask"]["bytes"]) > 0
+        assert crop_mask.shape == source.shape and decode_image(row["image"]["bytes"]).shape == (*source.shape, 3)
         assert crop_mask.any() and not (crop_mask & ~source).any()
         assert row["modality"] == "wli" and 0 < row["solidity"] <= 1 and 0 <= row["eccentricity"] < 1
 
@@ -295,7 +295,7 @@ def test_a_transplant_run_writes_valid_shards_with_donor_ids(tmp_path, library):
         assert row["donor_id"] in donors.ids and row["engine"]["kind"] == "transplant"
         assert row["engine"]["donors_sha256"] and row["engine"]["blend"] == "pyramid"
         frame, planned = prepare_sample(plan[row["sample_id"]], 160, StageTimer())
-        image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+        image, mask = decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"])
         assert np.array_equal(mask, planned)  # the label is the planned mask, exactly
         outside = repaint_region(planned, config.engine.mask_dilation, config.engine.mask_feather) == 0
         assert np.array_equal(image[outside], frame[outside])

@@ -30,12 +30,35 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """RGB (HxWx3) or single-channel (HxW) pixels of an encoded image (PNG, JPEG, … by content);
-    ValueError when the bytes are not an image, for the caller to name where they came from."""
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+_READ_MODES = {"unchanged": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}
+
+
+def cut_short(data: bytes) -> bool:
+    """Whether a JPEG or PNG file lacks its end marker: decoders fill a truncated image with grey
+    instead of failing (OpenCV always; PIL while `ImageFile.LOAD_TRUNCATED_IMAGES` is on)."""
+    if data.startswith(b"\xff\xd8"):  # JPEG: the last scan (SOS) must be followed by end-of-image
+        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"IEND" not in data[-32:]
+    return False
+
+
+def decode_image(data: bytes, mode: Literal["unchanged", "color", "gray"] = "unchanged") -> np.ndarray:
+    """RGB (HxWx3) or single-channel (HxW) pixels of an encoded image (PNG, JPEG, … by content;
+    `color` and `gray` force 3 or 1 channels); ValueError, for the caller to name the file, when the
+    bytes are empty, cut short or not an image."""
+    if not data:
+        raise ValueError("empty file")
+    if cut_short(data):
+        raise ValueError("truncated: the file ends before its image data does")
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_MODES[mode])
+    except cv2.error:
+        pixels = None
     if pixels is None:
         raise ValueError(f"not a decodable image ({len(data)} bytes)")
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[..., :3]
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if pixels.ndim == 3 else pixels
 
 

@@ -34,7 +34,13 @@ from pipeline.generate.manifest import (
 )
 from pipeline.generate.shards import ShardInfo, validate_shard
 from pipeline.generate.worker import make_worker
-from pipeline.plan.plan import Plan, build_plan, frame_catalog, planned_count
+from pipeline.plan.plan import (
+    Plan,
+    build_plan,
+    frame_catalog,
+    planned_count,
+    stale_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +94,17 @@ def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     wanted = planned_count(config, n)
     if storage.exists(RunLayout(run_dir).plan):
         plan = Plan.read(run_dir)
-        if (plan.meta.config_digest == config.plan_digest() and plan.num_samples == wanted
-                and plan.meta.engine_inputs == engine_inputs(config)):
-            log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
-            return plan
-        raise ShardError(
-            f"{run_dir}: holds a plan of another job (config, sample count or donor library differ); "
-            "use another run_id or output, or delete that run"
-        )
+        if plan.meta.config_digest != config.plan_digest() or plan.num_samples != wanted:
+            raise ShardError(f"{run_dir}: holds a plan of another job (its config or sample count differ); "
+                             "use another run_id or output, or delete that run")
+        changed = stale_inputs(plan.meta, config)
+        if plan.meta.engine_inputs != engine_inputs(config):
+            changed.append(f"the engine's inputs changed (donor library {getattr(config.engine, 'donors', '')})")
+        if changed:
+            raise ShardError(f"{run_dir}: {changed[0]} since this run was planned: its samples would not be "
+                             "what its plan says; use another run_id, or delete that run to plan again")
+        log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
+        return plan
     plan = new_plan(config, n)
     plan.write(run_dir)
     return plan

@@ -87,7 +87,8 @@ def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int
 def prepare_sample(row: dict[str, Any], output_resolution: int | None, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
     """The source frame at output size and its planned label mask."""
     width, height = output_size(row, output_resolution)
-    frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"]), (width, height)))
+    frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"], row["source_sha256"]),
+                                                          (width, height)))
     mask = timer.time("mask", lambda: draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), width, height))
     return frame, mask
 

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.core import storage
 from pipeline.core.digests import digest, sha256_hex
+from pipeline.core.images import cut_short
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
 from pipeline.plan.fov import FieldOfView, detect_fov
@@ -115,12 +116,17 @@ def build_catalog(
     return FrameCatalog(source, records, skipped)
 
 
-def load_frame(uri: str) -> np.ndarray:
-    """The RGB uint8 HxWx3 pixels of one frame; any failure is a `FrameCatalogError` naming it."""
+def load_frame(uri: str, sha256: str | None = None) -> np.ndarray:
+    """The RGB uint8 HxWx3 pixels of one frame; any failure is a `FrameCatalogError` naming it. With
+    `sha256` (what the plan recorded), a frame whose bytes changed since is refused: a sample is
+    never made from other pixels than its provenance says."""
     try:
         data = _read(uri)
     except Exception as error:  # any backend's failure (missing file, permissions, network)
         raise FrameCatalogError(f"cannot load frame {uri}: {_describe(error)}") from error
+    if sha256 is not None and sha256_hex(data) != sha256:
+        raise FrameCatalogError(f"frame {uri} changed since the run was planned (its sha256 is {sha256_hex(data)[:12]}…, "
+                                f"the plan's {sha256[:12]}…); plan the run again")
     try:
         return np.array(_decode(data, uri, min_size=1))
     except _Unusable as error:
@@ -150,7 +156,7 @@ def _read(uri: str) -> bytes:
 
 def _decode(data: bytes, uri: str, min_size: int) -> np.ndarray:
     """Decode fully (a truncated file fails here instead of coming back grey-padded) to RGB."""
-    if _cut_short(data):
+    if cut_short(data):
         raise _Unusable("truncated: the file ends before its image data does")
     try:
         image = Image.open(io.BytesIO(data))
@@ -173,16 +179,6 @@ def _decode(data: bytes, uri: str, min_size: int) -> np.ndarray:
         log.info("frame %s: converted %s pixels to RGB", uri, image.mode)
         image = image.convert("RGB")
     return np.asarray(image)
-
-
-def _cut_short(data: bytes) -> bool:
-    """Whether a JPEG or PNG file lacks its end marker: PIL only notices truncation while
-    `ImageFile.LOAD_TRUNCATED_IMAGES` is off, and any library in the process may turn it on."""
-    if data.startswith(b"\xff\xd8"):  # JPEG: the last scan (SOS) must be followed by end-of-image
-        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return b"IEND" not in data[-32:]
-    return False
 
 
 def _reason_summary(skipped: tuple[SkippedFrame, ...]) -> str:

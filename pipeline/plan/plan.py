@@ -25,13 +25,13 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline import __version__
 from pipeline.config import JobConfig, config_from_dict
-from pipeline.core import parquet
+from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, seed_from
 from pipeline.core.layout import RunLayout
 from pipeline.core.progress import progress_bar
-from pipeline.errors import ConfigError, ShardError
+from pipeline.errors import ConfigError, FrameCatalogError, ShardError
 from pipeline.plan.fov import FieldOfView
-from pipeline.plan.frames import FrameCatalog, build_catalog
+from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import sample_mask_params
 from pipeline.plan.modality import frame_values, read_frame_metadata
@@ -70,6 +70,8 @@ class FramesInfo(BaseModel):
     skipped: list[SkippedFrameInfo]
     metadata: str | None = None  # the per-frame metadata CSV, if any
     decided: dict[str, dict[str, int]] = {}  # frames per value of each axis the frames decide
+    listing: str = ""  # digest of the frame files the job names (`frames_listing`)
+    metadata_digest: str | None = None  # digest of the metadata CSV's text
 
 
 class InputInfo(BaseModel):
@@ -227,6 +229,36 @@ def _tally(decided: list[dict[str, str]]) -> dict[str, dict[str, int]]:
     return {axis: dict(sorted(counter.items())) for axis, counter in counts.items()}
 
 
+def listing_digest(uris: list[str]) -> str:
+    return digest("\n".join(sorted(uris)))
+
+
+def metadata_digest(config: JobConfig) -> str | None:
+    """Digest of the per-frame metadata CSV's text (None without one)."""
+    if not config.frames.metadata:
+        return None
+    return digest(storage.read_text(config.frames.metadata, FrameCatalogError, "frames.metadata"))
+
+
+def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
+    """What decides a plan's samples and changed since it was made, one readable phrase each: the
+    prompt bank's and mask preset's content, the frame files the job names and the metadata CSV.
+    Cheap (no frame is read: a frame whose bytes changed is caught when it is loaded)."""
+    changed = []
+    bank, preset = PromptBank.load(config.prompts.bank).digest(), MaskPreset.load(config.masks.preset).digest()
+    if bank != meta.prompt_bank.digest:
+        changed.append(f"the prompt bank {config.prompts.bank} changed (digest {bank}, planned with {meta.prompt_bank.digest})")
+    if preset != meta.mask_preset.digest:
+        changed.append(f"the mask preset {config.masks.preset} changed (digest {preset}, planned with {meta.mask_preset.digest})")
+    listing = listing_digest(list_frames(config.frames.source)[: config.frames.limit])
+    if listing != meta.frames.listing:
+        changed.append(f"the frame files of {config.frames.source} changed (added, removed or renamed)")
+    metadata = metadata_digest(config)
+    if metadata != meta.frames.metadata_digest:
+        changed.append(f"the frame metadata {config.frames.metadata} changed")
+    return changed
+
+
 def frame_catalog(config: JobConfig) -> FrameCatalog:
     """The job's frames, read and checked (decoding and detection release the GIL: threads)."""
     return build_catalog(config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
@@ -271,7 +303,9 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
         config_digest=config.plan_digest(),
         frames=FramesInfo(source=catalog.source, digest=catalog.digest(), usable=len(catalog.records),
                           skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped],
-                          metadata=config.frames.metadata, decided=_tally(decided)),
+                          metadata=config.frames.metadata, decided=_tally(decided),
+                          listing=listing_digest([*(r.uri for r in catalog.records), *(s.uri for s in catalog.skipped)]),
+                          metadata_digest=metadata_digest(config)),
         prompt_bank=InputInfo(path=config.prompts.bank, digest=bank.digest()),
         mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
         pipeline_version=__version__,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pipeline.config import EngineConfig, JobConfig
 from pipeline.core import storage
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.layout import RunLayout
 from pipeline.core.sheets import contact_sheet, tile
 from pipeline.core.timing import StageTimer
@@ -62,7 +62,7 @@ def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:
             name for name in ("prompt_used", "donor_id") if name in table.column_names]
         for row in table.select(columns).slice(0, n - len(cells)).to_pylist():
             try:
-                image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+                image, mask = decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"])
             except ValueError as exc:
                 raise ShardError(f"{storage.join(shard_dir, name)}: sample {row['sample_id']}: {exc}") from None
             cells.append(tile(image, mask, caption(row), row.get("window")))

@@ -36,7 +36,7 @@ from pipeline import __version__
 from pipeline.config import TransplantEngineConfig
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, sha256_hex
-from pipeline.core.images import decode_png, encode_png, resize_image, resize_mask
+from pipeline.core.images import decode_image, encode_png, resize_image, resize_mask
 from pipeline.core.labelled import (
     LabelledPair,
     labelled_pairs,
@@ -309,7 +309,7 @@ class DonorLibrary:
     @lru_cache(maxsize=128)  # noqa: B019 - one library per process, kept for the process's life
     def _donor(self, index: int) -> Donor:
         row = self.table.slice(index, 1).to_pylist()[0]
-        rgb, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+        rgb, mask = decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"])
         centre = lesion_centre(mask)
         return Donor(row["donor_id"], rgb, mask, centre, smooth_profile(radial_profile(mask, centre), PROFILE_SMOOTHING),
                      np.asarray(row["ring_lab_mean"], np.float64), np.asarray(row["ring_lab_std"], np.float64))
