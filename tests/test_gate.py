@@ -258,3 +258,28 @@ def test_inception_from_a_local_file_and_offline_without_it(tmp_path, monkeypatc
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(GateError, match=f"inception weights unavailable at .*{INCEPTION_FILE}.* put {INCEPTION_FILE}"):
         InceptionExtractor(str(tmp_path / "empty"), device="cpu")
+
+
+def test_a_sample_whose_source_frame_moved_or_changed_is_rejected_unscored(reference_dir, tmp_path):
+    """Fail closed: without its source frame (or with other bytes than planned) `unpainted` and `leaked`
+    cannot score a sample; it is rejected as `unscored`, not let through unchecked."""
+    test_ids = _split("test")
+    samples = []
+    for image_id in test_ids[:3]:
+        image, mask = _kvasir(image_id)
+        samples.append(RunSample(image, mask, remove_lesion(image, mask), "clean", image_id))
+    layout = image_run(str(tmp_path / "run"), samples, shard_size=3, frames_dir=str(tmp_path / "frames"))
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    rows = {r["sample_id"]: r for r in parquet.read(layout.shard(0)).to_pylist()}
+    moved = next(r for r in rows.values() if r["source_frame"] == str(frames[0]))["sample_id"]
+    changed = next(r for r in rows.values() if r["source_frame"] == str(frames[1]))["sample_id"]
+    frames[0].unlink()
+    frames[1].write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    config = config_from_dict({"run_id": "run", "frames": {"source": "unused"},
+                               "gate": {"reference": {"path": str(reference_dir)}, "device": "cpu", "shard_kid_max": None}})
+    run_gate(str(tmp_path / "run"), config, LocalExecutor("gating"))
+    gate = load_gate(str(tmp_path / "run"))
+    assert "unscored" in gate.rejected[moved] and "unscored" in gate.rejected[changed]
+    allowed = config.model_copy(update={"gate": config.gate.model_copy(update={"unscored_allowed": ["unpainted", "leaked"]})})
+    run_gate(str(tmp_path / "run"), allowed, LocalExecutor("gating"))
+    assert "unscored" not in load_gate(str(tmp_path / "run")).rejected.get(moved, [])

@@ -32,13 +32,18 @@ def test_pixel_scores_of_a_real_frame():
     assert (remove_lesion(frame, mask)[mask == 0] == frame[mask == 0]).all()  # only the label's pixels change
 
 
+def _scores(n: int, **given) -> dict[str, np.ndarray]:
+    """Every check's score, passing unless given (so a test sees only what it sets)."""
+    passing = {"features_finite": 1.0, "grey_std": 50.0, "saturated_fraction": 0.0, "unpainted_ms_ssim": 0.1,
+               "leaked_fraction": 0.0, "lesion_score": 0.9, "realism": 1.0, "duplicate_similarity": 0.1,
+               "label_iou": np.nan, "shard_kid": 0.01}
+    return {name: np.asarray(given.get(name, np.full(n, value)), np.float64) for name, value in passing.items()}
+
+
 def test_registry_judges_in_order_and_takes_one_more_check():
     config = GateConfig()
     n = 3
-    scores = {spec.score: np.full(n, np.nan) for spec in checks.CHECKS}
-    scores["features_finite"] = np.array([1.0, 0.0, 1.0])
-    scores["grey_std"] = np.array([50.0, 50.0, 0.0])
-    scores["realism"] = np.array([1.0, np.nan, 0.1])  # NaN: not applicable, never a failure
+    scores = _scores(n, features_finite=[1.0, 0.0, 1.0], grey_std=[50.0, 50.0, 0.0], realism=[1.0, 0.95, 0.1])
     assert checks.judge(scores, config, n) == [[], ["non_finite"], ["blank", "unrealistic"]]
 
     extra = checks.CheckSpec("too_dark", "brightness", True, lambda c: 40.0, checks._fixed(checks.each(
@@ -49,3 +54,27 @@ def test_registry_judges_in_order_and_takes_one_more_check():
     assert checks.judge(scores, config, n, registry)[2] == ["blank", "unrealistic", "too_dark"]
     disabled = config.model_copy(update={"blank_std_min": None})
     assert checks.judge(scores, disabled, n)[2] == ["unrealistic"]
+
+
+def test_a_sample_a_check_cannot_score_is_rejected_unless_that_check_is_named():
+    """Fail closed: a moved source frame leaves unpainted and leaked without a score (NaN)."""
+    scores = _scores(3, unpainted_ms_ssim=[0.1, np.nan, 0.1], leaked_fraction=[0.0, np.nan, np.nan])
+    assert checks.judge(scores, GateConfig(), 3) == [[], ["unscored"], ["unscored"]]
+    allowed = GateConfig(unscored_allowed=["unpainted", "leaked"])
+    assert checks.judge(scores, allowed, 3) == [[], [], []]
+    off = GateConfig(unpainted_ms_ssim_max=None, leaked_fraction_max=None)  # a check that is off scores nothing
+    assert checks.judge(scores, off, 3) == [[], [], []]
+    assert checks.judge(_scores(1, label_iou=[np.nan]), GateConfig(), 1) == [[]]  # no segmenter: no label check
+
+
+def test_shard_kid_is_a_check_of_the_registry():
+    scores = _scores(3, shard_kid=[0.2, 0.01, np.nan])  # NaN: a shard of one sample has no KID
+    assert checks.judge(scores, GateConfig(), 3) == [["shard_kid"], [], []]
+    assert checks.judge(scores, GateConfig(shard_kid_max=None), 3) == [[], [], []]
+    assert "shard_kid" in {spec.reason for spec in checks.CHECKS}
+
+
+def test_an_empty_label_has_nothing_left_unpainted():
+    frame = load_frame(str(shared_data() / "normal-mucosa" / "1.jpg"))
+    empty = np.zeros(frame.shape[:2], np.uint8)
+    assert checks.unpainted_ms_ssim([_sample(frame, frame, empty)])[0] == 0.0

@@ -60,7 +60,7 @@ def test_nearest_earlier_similarity_matches_brute_force(sets):
     real, _ = sets
     unit = real / np.linalg.norm(real, axis=1, keepdims=True)
     similarity = unit @ unit.T
-    expected = [np.nan] + [similarity[i, :i].max() for i in range(1, len(real))]
+    expected = [0.0] + [similarity[i, :i].max() for i in range(1, len(real))]
     np.testing.assert_allclose(metrics.nearest_earlier_similarity(real, block=32), expected, atol=1e-5)
     duplicated = np.concatenate([real[:3], real[1:2]])  # row 3 repeats row 1: only row 3 scores 1
     scores = metrics.nearest_earlier_similarity(duplicated)

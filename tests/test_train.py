@@ -164,7 +164,7 @@ def test_label_mismatch_check_in_the_gate_registry(tmp_path):
     refs = resolve(f"{KVASIR}:train")[:2]
     checkpoint = train(refs, TrainSettings(size=64, steps=1, batch_size=2), tmp_path / "s.safetensors").checkpoint
     _, image, mask = next(read_pairs(refs[:1]))
-    config = GateConfig(segmenter=str(checkpoint), device="cpu")
+    config = GateConfig(segmenter=str(checkpoint), device="cpu", label_iou_min=0.8)
     scorer = checks.pixel_scorers(config)["label_iou"]
     assert "_model" not in vars(scorer)  # nothing loaded until a sample needs scoring
     model, size, device = scorer._model
@@ -175,8 +175,32 @@ def test_label_mismatch_check_in_the_gate_registry(tmp_path):
                for name, label in (("real", mask), ("agrees", as_label), ("elsewhere", 255 - as_label))]
     scores = scorer(samples)
     assert scores[0] == segment_metrics(prediction, mask > 0).iou and list(scores[1:]) == [1.0, 0.0]
-    nan = {spec.score: np.full(3, np.nan) for spec in checks.CHECKS}
-    reasons = checks.judge({**nan, "label_iou": scores}, config, 3)
+    only = {spec.score: np.full(3, np.nan) for spec in checks.CHECKS}  # every other check off: NaN is no score
+    off = {name: None for name in ("blank_std_min", "saturated_fraction_max", "unpainted_ms_ssim_max",
+                                   "leaked_fraction_max", "lesion_score_min", "realism_min", "duplicate_similarity_max",
+                                   "shard_kid_max")}
+    reasons = checks.judge({**only, "label_iou": scores, "features_finite": np.ones(3)}, config.model_copy(update=off), 3)
     assert reasons[1:] == [[], ["label_mismatch"]]
-    assert checks.judge({**nan, "label_iou": scores}, GateConfig(), 3) == [[], [], []]  # off without a segmenter
+    assert checks.judge({**only, "label_iou": scores, "features_finite": np.ones(3)},
+                        GateConfig(**off), 3) == [[], [], []]  # off without a segmenter
     assert np.isnan(checks.pixel_scorers(GateConfig())["label_iou"](samples)).all()
+
+
+def test_the_label_bound_follows_the_segmenters_own_iou_on_held_out_real_images(tmp_path):
+    from pipeline.config import GateConfig
+    from pipeline.errors import GateError
+    from pipeline.gate.checks import resolve_label_bound
+
+    refs = resolve(f"{KVASIR}:train")
+    settings = TrainSettings(size=32, steps=2, batch_size=2)
+    with_holdout = train(refs[:2], settings, tmp_path / "h.safetensors", holdout=refs[2:6],
+                         holdout_spec="held-out four").record
+    assert with_holdout.holdout.n == 4 and 0 <= with_holdout.holdout.iou_p10 <= with_holdout.holdout.iou_mean <= 1
+    gate, note = resolve_label_bound(GateConfig(segmenter=str(tmp_path / "h.safetensors")))
+    assert gate.label_iou_min == with_holdout.holdout.iou_p10 and "4 held-out real images (held-out four)" in note
+    assert resolve_label_bound(GateConfig(segmenter=str(tmp_path / "h.safetensors"), label_iou_min=0.7))[0].label_iou_min == 0.7
+    train(refs[:2], settings, tmp_path / "plain.safetensors")
+    with pytest.raises(GateError, match="records no IoU on held-out real images"):
+        resolve_label_bound(GateConfig(segmenter=str(tmp_path / "plain.safetensors")))
+    with pytest.raises(TrainError, match="of its images are training images"):
+        train(refs[:2], settings, tmp_path / "x.safetensors", holdout=refs[1:3], holdout_spec="overlapping")

@@ -18,9 +18,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                       "ratio", "seed", "workers", "device"))
     real = [ref for spec in args.real for ref in resolve(spec)]
     synthetic = [ref for spec in args.synthetic or [] for ref in resolve(spec)]
-    result = train(real, trainer_settings, args.out, synthetic, args.real, args.synthetic or [])
+    holdout = resolve(args.holdout) if args.holdout else []
+    result = train(real, trainer_settings, args.out, synthetic, args.real, args.synthetic or [], holdout,
+                   args.holdout or "")
+    held = result.record.holdout
     print(f"{result.checkpoint}: {result.record.steps} steps, {result.record.epochs} epochs, "
-          f"final loss {result.record.epoch_losses[-1]:.4f}, {result.record.seconds:.0f} s")
+          f"final loss {result.record.epoch_losses[-1]:.4f}, {result.record.seconds:.0f} s"
+          + (f"; IoU on {held.n} held-out images: mean {held.iou_mean:.3f}, 10th percentile {held.iou_p10:.3f}"
+             if held else ""))
     return 0
 
 
@@ -87,6 +92,8 @@ def register(add: AddCommand) -> None:
     p.add_argument("--synthetic", action="append", metavar="EXPORT", help="export, run or shards; repeatable")
     p.add_argument("--ratio", type=float, help="synthetic pairs per real pair per epoch (default 0)")
     p.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
+    p.add_argument("--holdout", metavar="DIR[:SPLIT]", help="held-out real images: their IoU is recorded in the "
+                   "checkpoint (the gate's label check derives its bound from it)")
     p.add_argument("--encoder", help="efficientnet-lite0 (default), efficientnet-lite2 or an smp encoder")
     p.add_argument("--size", type=int, help="square training size (default 352)")
     p.add_argument("--epochs", type=int, help="default 20")

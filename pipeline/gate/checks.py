@@ -7,9 +7,16 @@ Scores come from two places:
 - *feature scores* (`realism`, `lesion_score`, `duplicate_similarity`, `features_finite`) are computed
   by the gate from the cached features and the reference.
 
+- *shard scores* (`shard_kid`: the lesion-crop KID of the sample's shard) are computed by the gate
+  per shard and given to each of its samples.
+
 Adding a check means adding a `CheckSpec` with its scorer to `CHECKS`; the gate's loop, the cache
 and the report pick it up (`label_mismatch` runs the segmentation checkpoint of `gate.segmenter`; a
 scorer with an `identity` attribute, such as that checkpoint's checksum, is part of the cache key).
+
+Gates fail closed: a check that is on but cannot score a sample (its source frame cannot be read,
+its features are not finite) rejects it as `unscored`, unless `gate.unscored_allowed` names the
+check. Only `shard_kid` has samples it does not apply to (a shard of one sample has no KID).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import GateConfig
+from pipeline.errors import GateError
 from pipeline.gate.metrics import ms_ssim
 
 MS_SSIM_SIDE = 176  # repaint windows are resized to this (MS-SSIM's five scales need at least 161)
@@ -58,8 +66,9 @@ def _window(region: np.ndarray) -> tuple[slice, slice]:
 
 
 def unpainted_ms_ssim(samples: list[Sample]) -> np.ndarray:
-    """MS-SSIM between the repaint window of each image and of its source frame (≈ 1: nothing painted)."""
-    scores = np.full(len(samples), np.nan)
+    """MS-SSIM between the repaint window of each image and of its source frame (≈ 1: nothing painted);
+    0 where there was nothing to paint (an empty label), NaN where the source frame is missing."""
+    scores = np.array([np.nan if s.source is None else 0.0 for s in samples])
     usable = [i for i, s in enumerate(samples) if s.source is not None and s.repaint is not None and s.repaint.any()]
     if not usable:
         return scores
@@ -108,15 +117,22 @@ class CheckSpec:
     score: str
     fail_below: bool
     bound: Callable[[GateConfig], float | None]
-    scorer: Callable[[GateConfig], PixelScorer] | None = None  # None: a feature score, computed by the gate
+    scorer: Callable[[GateConfig], PixelScorer] | None = None  # None: a feature or shard score, computed by the gate
+    nan_applies: bool = True  # False: a NaN score means the check does not apply (not that it could not score)
 
     def failed(self, values: np.ndarray, config: GateConfig) -> np.ndarray:
-        """Where the bound fails; NaN scores (not applicable) never fail."""
+        """Where the bound fails (NaN never does: see `unscored`)."""
         bound = self.bound(config)
         if bound is None:
             return np.zeros(len(values), bool)
         with np.errstate(invalid="ignore"):
             return values < bound if self.fail_below else values > bound
+
+    def unscored(self, values: np.ndarray, config: GateConfig) -> np.ndarray:
+        """Where the check is on but has no score: the sample cannot be judged by it."""
+        if self.bound(config) is None or not self.nan_applies or self.reason in config.unscored_allowed:
+            return np.zeros(len(values), bool)
+        return np.isnan(values)
 
 
 def label_iou(config: GateConfig) -> PixelScorer:
@@ -126,6 +142,32 @@ def label_iou(config: GateConfig) -> PixelScorer:
     from pipeline.gate.label_check import LabelIoUScorer
 
     return LabelIoUScorer(config.segmenter, config.device)
+
+
+def label_bound(config: GateConfig) -> float | None:
+    """`gate.label_iou_min` where a segmenter is set; `auto` must have been resolved (`resolve_label_bound`)."""
+    if config.segmenter is None or config.label_iou_min is None:
+        return None
+    if config.label_iou_min == "auto":
+        raise GateError("gate.label_iou_min is auto: resolve it from the segmenter's checkpoint first")
+    return config.label_iou_min
+
+
+def resolve_label_bound(config: GateConfig) -> tuple[GateConfig, str | None]:
+    """The gate settings with an automatic `label_iou_min` turned into the segmenter's own figure (the
+    10th percentile of its IoU on held-out real images: a real image fails as rarely as 1 in 10), and
+    a sentence saying so for the report; unchanged otherwise."""
+    if config.segmenter is None or config.label_iou_min != "auto":
+        return config, None
+    from pipeline.segmenter.model import read_record
+
+    held = read_record(config.segmenter).holdout
+    if held is None:
+        raise GateError(f"gate.label_iou_min is auto, but {config.segmenter} records no IoU on held-out real images: "
+                        "train it with --holdout DIR[:SPLIT], or set gate.label_iou_min to a number")
+    note = (f"label_iou_min {held.iou_p10:.3f}: the IoU that 90 % of {held.n} held-out real images ({held.data}) "
+            f"reach with the segmenter {config.segmenter} (its mean there: {held.iou_mean:.3f})")
+    return config.model_copy(update={"label_iou_min": held.iou_p10}), note
 
 
 def _fixed(scorer: PixelScorer) -> Callable[[GateConfig], PixelScorer]:
@@ -142,8 +184,11 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min),
     CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min),
     CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max),
-    CheckSpec("label_mismatch", "label_iou", True, lambda c: c.label_iou_min if c.segmenter else None, label_iou),
+    CheckSpec("label_mismatch", "label_iou", True, lambda c: label_bound(c), label_iou),
+    CheckSpec("shard_kid", "shard_kid", False, lambda c: c.shard_kid_max, nan_applies=False),
 )
+UNSCORED = "unscored"
+"""The reason of a sample that an enabled check could not score."""
 
 
 def pixel_scorers(config: GateConfig, checks: tuple[CheckSpec, ...] = CHECKS) -> dict[str, PixelScorer]:
@@ -153,9 +198,15 @@ def pixel_scorers(config: GateConfig, checks: tuple[CheckSpec, ...] = CHECKS) ->
 
 def judge(scores: dict[str, np.ndarray], config: GateConfig, n: int,
           checks: tuple[CheckSpec, ...] = CHECKS) -> list[list[str]]:
-    """The failed reasons of each of `n` samples, in registry order (empty: accepted)."""
+    """The failed reasons of each of `n` samples, in registry order, then `unscored` where an enabled
+    check had no score (empty: accepted)."""
     reasons: list[list[str]] = [[] for _ in range(n)]
+    unscored = np.zeros(n, bool)
     for spec in checks:
-        for i in np.flatnonzero(spec.failed(np.asarray(scores[spec.score], np.float64), config)):
+        values = np.asarray(scores[spec.score], np.float64)
+        for i in np.flatnonzero(spec.failed(values, config)):
             reasons[i].append(spec.reason)
+        unscored |= spec.unscored(values, config)
+    for i in np.flatnonzero(unscored):
+        reasons[i].append(UNSCORED)
     return reasons

@@ -131,10 +131,10 @@ def realism(real: Manifold, fake: np.ndarray) -> np.ndarray:
 
 def nearest_earlier_similarity(features: np.ndarray, block: int = 2048) -> np.ndarray:
     """For row i, max_{j<i} u_i·u_j / (‖u_i‖‖u_j‖): its highest cosine similarity to any EARLIER row
-    (NaN for row 0), so of two near-duplicates only the later one scores high. Exact, in row blocks:
+    (0 for row 0: nothing earlier to repeat), so of two near-duplicates only the later one scores high. Exact, in row blocks:
     O(n²·d) multiply-adds (1.3·10¹¹ at 10,000 samples of 1280-d features, seconds on a CPU)."""
     n = len(features)
-    best = np.full(n, np.nan, np.float32)
+    best = np.zeros(n, np.float32)
     unit = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(features, np.float32)), dim=1)
     for start in range(1, n, block):
         stop = min(n, start + block)

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.config import GateConfig
 from pipeline.core import parquet, storage
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.layout import RunLayout
 from pipeline.gate.checks import CHECKS
 from pipeline.gate.metrics import fid, kid
@@ -67,7 +67,7 @@ def _sheet_png(layout: RunLayout, picks: list[tuple[int, str, str]]) -> bytes | 
         table = parquet.read(layout.shard(index), columns=["sample_id", "image", "mask"])
         for row in table.to_pylist():
             if row["sample_id"] in wanted:
-                cells.append(tile(decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"]),
+                cells.append(tile(decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"]),
                                   wanted[row["sample_id"]]))
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "sheet.png"
@@ -187,7 +187,7 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
     overall = m.samples.accepted / max(1, m.samples.total)
     parts.extend(f"<tr{' class=low' if rate < overall - 0.1 else ''}><th>{html.escape(a)}</th><td>{html.escape(v)}</td>"
                  f"<td>{n}</td><td>{100 * rate:.0f}%</td></tr>" for a, v, n, rate in attribute_rates)
-    parts.append("</table><h2>Bounds</h2><table>"
+    parts.append("</table><h2>Bounds</h2>" + "".join(f"<p>{html.escape(note)}</p>" for note in m.notes) + "<table>"
                  + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in m.bounds.items())
                  + "</table></body></html>")
     return "".join(parts)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pipeline.config import GateConfig, GateReferenceConfig, JobConfig, config_from_dict
 from pipeline.core import parquet, storage
-from pipeline.core.images import decode_png, resize_image
+from pipeline.core.images import decode_image, resize_image
 from pipeline.core.labelled import split_digest
 from pipeline.core.layout import ReferenceLayout, RunLayout
 from pipeline.errors import FrameCatalogError, GateError
@@ -39,12 +39,12 @@ from pipeline.gate.verdicts import (
 )
 from pipeline.generate.composite import repaint_region
 from pipeline.generate.manifest import RunManifest
-from pipeline.generate.shards import made_with_random_weights, read_shard
+from pipeline.generate.shards import made_with_random_weights, read_shard, shard_footer
 from pipeline.plan.frames import load_frame
 
 log = logging.getLogger(__name__)
 
-_SHARD_COLUMNS = ["sample_id", "image", "mask", "width", "height", "source_frame", "engine"]
+_SHARD_COLUMNS = ["sample_id", "image", "mask", "width", "height", "source_frame", "source_sha256", "engine"]
 
 
 @dataclass
@@ -63,10 +63,12 @@ def _shard_checksum(layout: RunLayout, shard_index: int) -> str:
 
 
 def _source(row: dict[str, Any]) -> np.ndarray | None:
+    """The sample's source frame at its size, as planned (its bytes checked against `source_sha256`);
+    None when it cannot be read or changed: the checks that need it cannot score the sample."""
     try:
-        return resize_image(load_frame(row["source_frame"]), (row["width"], row["height"]))
+        return resize_image(load_frame(row["source_frame"], row.get("source_sha256")), (row["width"], row["height"]))
     except FrameCatalogError as exc:
-        log.warning("sample %s: source frame unreadable, unpainted/leaked not checked (%s)", row["sample_id"], exc)
+        log.warning("sample %s: %s: unpainted and leaked cannot score it", row["sample_id"], exc)
         return None
 
 
@@ -105,7 +107,7 @@ class FeatureWorker:
         table = read_shard(self.layout.shard(shard_index)).select(_SHARD_COLUMNS)
         samples = []
         for row in table.to_pylist():
-            image, mask = decode_png(row["image"]["bytes"]), decode_png(row["mask"]["bytes"])
+            image, mask = decode_image(row["image"]["bytes"]), decode_image(row["mask"]["bytes"])
             engine = row["engine"] or {}
             alpha = repaint_region(mask, engine.get("mask_dilation") or 0, engine.get("mask_feather") or 0)
             samples.append(checks.Sample(row["sample_id"], image, mask, _source(row), alpha > 0, row))
@@ -238,6 +240,23 @@ def check_source(reference: Reference, settings: GateReferenceConfig) -> None:
                         "a new gate.reference.path")
 
 
+def _shard_kid(reference: Reference, run: RunFeatures, index: int) -> tuple[float | None, float | None]:
+    """KID (± std) of a shard's label crops against the reference's lesion crops (whole images when it
+    has none); None for a shard of one sample, which has no KID: its samples are judged one by one."""
+    rows = (run.shard_indices == index) & np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
+    if reference.crops is not None:
+        return metrics.kid(reference.crops, run.crop_features[rows])
+    return metrics.kid(reference.images, run.features[rows])
+
+
+def usable_bounds(gate: GateConfig, reference: Reference) -> None:
+    """A check that is on but could score no sample at all is a setting to fix, not a run to reject."""
+    if gate.lesion_score_min is not None and reference.probe is None and "no_lesion" not in gate.unscored_allowed:
+        raise GateError(f"gate.lesion_score_min is {gate.lesion_score_min}, but the reference {gate.reference.path} has "
+                        "no lesion probe (built without negatives): rebuild it with gate.reference.negatives, or set "
+                        "gate.lesion_score_min: null")
+
+
 def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:
     """Scores that need the reference or the whole run: realism, lesion probe, duplicates, finiteness."""
     finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
@@ -280,15 +299,17 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     shards = [entry.index for entry in manifest.shards if entry.rows > 0]
     if not shards:
         raise GateError(f"{run_dir}: no samples to gate (every shard is empty or failed)")
-    storage.remove(layout.gate_success)
-    gate = config.gate
-    reference = load_or_build_reference(gate)
     work, attributes_type = {}, None
-    for index in shards:
-        with parquet.read_footer(layout.shard(index)) as footer:
+    for index in shards:  # every shard readable before anything is changed or loaded
+        with shard_footer(layout.shard(index)) as footer:
             ids = footer.read(columns=["sample_id"]).column("sample_id").to_pylist()
             attributes_type = footer.schema_arrow.field("attributes").type
         work[index] = [{"sample_id": i} for i in ids]
+    gate, label_note = checks.resolve_label_bound(config.gate)
+    config = config.model_copy(update={"gate": gate})
+    reference = load_or_build_reference(gate)
+    usable_bounds(gate, reference)
+    storage.remove(layout.gate_success)
     run_id, plan_digest = manifest.run_id, manifest.plan_digest
     context = RunContext(layout=layout, config=config, run_id=run_id, plan_digest=plan_digest,
                          attributes_type=attributes_type)
@@ -300,23 +321,18 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
              sum(r.cached for r in report.results))
 
     run = _read_features(layout, gate.extractor, shards)
-    scores = {**run.pixel_scores, **feature_scores(reference, run)}
+    kids = {index: _shard_kid(reference, run, index) for index in shards}
+    shard_kid = np.array([np.nan if kids[i][0] is None else kids[i][0] for i in run.shard_indices], np.float64)
+    scores = {**run.pixel_scores, **feature_scores(reference, run), "shard_kid": shard_kid}
     reasons = checks.judge(scores, gate, len(run.sample_ids))
 
     shard_verdicts = []
     for index in shards:
-        rows = run.shard_indices == index
-        finite = rows & (scores["features_finite"] > 0)
-        kid, kid_std = (metrics.kid(reference.crops, run.crop_features[finite]) if reference.crops is not None
-                        else metrics.kid(reference.images, run.features[finite]))
-        # a shard of one sample has no KID: its samples are judged one by one only
-        whole = gate.shard_kid_max is not None and kid is not None and kid > gate.shard_kid_max
-        if whole:
-            for i in np.flatnonzero(rows):
-                reasons[i].append("shard_kid")
-        shard_verdicts.append(ShardVerdict(shard_index=index, samples=int(rows.sum()),
-                                           accepted=sum(not reasons[i] for i in np.flatnonzero(rows)),
-                                           kid=kid, kid_std=kid_std, rejected_whole=whole))
+        rows = np.flatnonzero(run.shard_indices == index)
+        kid, kid_std = kids[index]
+        shard_verdicts.append(ShardVerdict(shard_index=index, samples=len(rows), accepted=sum(not reasons[i] for i in rows),
+                                           kid=kid, kid_std=kid_std,
+                                           rejected_whole=any("shard_kid" in reasons[i] for i in rows)))
     accepted = np.array([not r for r in reasons])
     finite = scores["features_finite"] > 0
     run_figures = compare(reference, run.features[finite])
@@ -338,7 +354,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts),
         shards=shard_verdicts, random_weights=random_weights,
         bounds=gate.model_dump(mode="json", exclude={"reference"}),
-        lineage=reference.lineage,
+        lineage=reference.lineage, notes=[label_note] if label_note else [],
     )
     parquet.write(layout.verdicts, verdict_table(run.sample_ids, run.shard_indices, accepted, reasons, scores),
                   {"run_id": run_id, "plan_digest": plan_digest, "reference": reference.identity.digest})
@@ -354,7 +370,7 @@ def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:
     """One `engine` record per shard (all rows of a shard share it)."""
     engines = []
     for index in shards:
-        with parquet.read_footer(layout.shard(index)) as footer:
+        with shard_footer(layout.shard(index)) as footer:
             engines.append(footer.read_row_group(0, columns=["engine"]).column("engine")[0].as_py())
     return engines
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -88,8 +89,9 @@ class GateMetrics(_Record):
     samples: SampleCounts
     shards: list[ShardVerdict]
     random_weights: bool  # some shards were made by a model with random weights
-    bounds: dict[str, float | int | str | bool | None]
+    bounds: dict[str, Any]  # the gate settings that judged (bounds resolved: e.g. an automatic label_iou_min)
     lineage: Lineage | None = None  # the reference's images and probe negatives (None: not recorded)
+    notes: list[str] = []  # where a bound came from (e.g. an automatic label_iou_min), for the report
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,16 @@ planned ids = rows + failed, which is what `validate_shard` checks on resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, sha256_hex
@@ -133,6 +136,19 @@ def write_shard(layout: RunLayout, shard_index: int, table: pa.Table, failed: li
     info = ShardInfo(shard_index, table.num_rows, failed, len(data), sha256_hex(data), ids_digest(ids))
     storage.write_bytes_atomic(layout.shard_done(shard_index), info.to_json())
     return info
+
+
+@contextlib.contextmanager
+def shard_footer(url: str) -> Iterator[pq.ParquetFile]:
+    """A shard opened for its footer and chosen columns (`parquet.read_footer`); a `ShardError`
+    naming it when it is missing or not a readable Parquet file."""
+    try:
+        with parquet.read_footer(url) as footer:
+            yield footer
+    except FileNotFoundError:
+        raise ShardError(f"{url}: no such shard") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ShardError(f"{url}: unreadable shard ({exc})") from None
 
 
 def read_shard(url: str) -> pa.Table:

@@ -64,6 +64,17 @@ def build_unet(encoder: str = DEFAULT_ENCODER, weights: str | None = "imagenet")
     return model
 
 
+class HoldoutRecord(BaseModel):
+    """The checkpoint's own IoU on held-out real images: what the gate's label check expects of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str  # the held-out set, as given (DIR[:SPLIT])
+    n: int
+    iou_mean: float
+    iou_p10: float  # 90 % of the held-out real images reach this IoU
+
+
 class TrainRecord(BaseModel):
     """What a checkpoint was trained on and how: stored in its safetensors metadata."""
 
@@ -86,6 +97,7 @@ class TrainRecord(BaseModel):
     seconds: float
     device: str
     pipeline_version: str
+    holdout: HoldoutRecord | None = None  # with `train --holdout`
 
 
 def save_checkpoint(model: torch.nn.Module, record: TrainRecord, path: str | Path) -> Path:

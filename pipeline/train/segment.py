@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,14 +29,17 @@ from pipeline import __version__
 from pipeline.core.devices import resolve_device
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.dataset import TrainBatches, synthetic_count, train_transform
-from pipeline.data.sources import PairRef
+from pipeline.data.sources import PairRef, read_pairs
 from pipeline.errors import TrainError
+from pipeline.segmenter.metrics import segment_metrics
 from pipeline.segmenter.model import (
     DEFAULT_ENCODER,
+    HoldoutRecord,
     TrainRecord,
     build_unet,
     save_checkpoint,
 )
+from pipeline.segmenter.predict import predict
 
 
 class TrainSettings(BaseModel):
@@ -81,11 +85,23 @@ def _deterministic(device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def holdout_record(model: torch.nn.Module, refs: list[PairRef], spec: str, size: int, device: torch.device) -> HoldoutRecord:
+    """The model's IoU on held-out real pairs (at their own size): mean and 10th percentile."""
+    model.eval()
+    ious = [segment_metrics(predict(model, image, size, device), mask > 0).iou for _, image, mask in read_pairs(refs)]
+    return HoldoutRecord(data=spec, n=len(ious), iou_mean=float(np.mean(ious)), iou_p10=float(np.percentile(ious, 10)))
+
+
 def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthetic: list[PairRef] = (),
-          real_specs: list[str] = (), synthetic_specs: list[str] = ()) -> TrainResult:
-    """Train on `real` (+ `synthetic` at `settings.ratio`) and write a safetensors checkpoint to `out`."""
+          real_specs: list[str] = (), synthetic_specs: list[str] = (), holdout: list[PairRef] = (),
+          holdout_spec: str = "") -> TrainResult:
+    """Train on `real` (+ `synthetic` at `settings.ratio`) and write a safetensors checkpoint to `out`;
+    with `holdout` (real pairs it never saw), record its IoU on them in the checkpoint."""
     if not real:
         raise TrainError("no real training pairs")
+    seen = {ref.sample_id for ref in real} & {ref.sample_id for ref in holdout}
+    if seen:
+        raise TrainError(f"--holdout {holdout_spec}: {len(seen)} of its images are training images (e.g. {min(seen)})")
     if settings.ratio > 0 and not synthetic:
         raise TrainError(f"--ratio {settings.ratio} needs --synthetic data")
     device = resolve_device(settings.device, "--device", TrainError)
@@ -96,6 +112,7 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
     data = TrainBatches(real, train_transform(settings.size), batch_size=settings.batch_size, steps=total,
                         synthetic=synthetic, ratio=settings.ratio, seed=settings.seed,
                         cache_size=settings.size if settings.workers == 0 else None)
+    data.warm()
     loader = DataLoader(data, batch_size=None, num_workers=settings.workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
@@ -127,5 +144,6 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
         synthetic=list(synthetic_specs), real_ids=sorted(ref.sample_id for ref in real),
         synthetic_samples=data.synthetic_per_epoch, epoch_losses=epoch_losses,
         seconds=round(time.monotonic() - start, 1), device=str(device), pipeline_version=__version__,
+        holdout=holdout_record(model, list(holdout), holdout_spec, settings.size, device) if holdout else None,
     )
     return TrainResult(save_checkpoint(model.cpu(), record, out), record)
