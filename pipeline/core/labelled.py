@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Literal
 
-import cv2
 import numpy as np
 
 from pipeline.core import storage
 from pipeline.core.digests import digest
+from pipeline.core.images import decode_image
 from pipeline.errors import PolypSynthError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -73,26 +74,31 @@ class LabelledImage:
     data: bytes
 
 
-def _decode(url: str, flags: int, error: type[PolypSynthError]) -> tuple[np.ndarray, bytes]:
+def _decode(url: str, mode: Literal["color", "gray"], error: type[PolypSynthError]) -> tuple[np.ndarray, bytes]:
     try:
         data = storage.read_bytes(url)
     except OSError as exc:
         raise error(f"{url}: unreadable ({type(exc).__name__}: {exc})") from None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if pixels is None:
-        raise error(f"{url}: not a readable image")
-    return pixels, data
+    try:
+        return decode_image(data, mode), data
+    except ValueError as exc:
+        raise error(f"{url}: not a readable image ({exc})") from None
 
 
 def read_pair(pair: LabelledPair, error: type[PolypSynthError]) -> LabelledImage:
     """The pixels and label of a pair; an unreadable file, or a mask of another size than its image, is
     one `error` line naming the file."""
-    bgr, data = _decode(pair.image, cv2.IMREAD_COLOR, error)
-    mask, _ = _decode(pair.mask, cv2.IMREAD_GRAYSCALE, error)
-    if bgr.shape[:2] != mask.shape:
+    rgb, data = _decode(pair.image, "color", error)
+    mask, _ = _decode(pair.mask, "gray", error)
+    check_same_size(pair, rgb, mask, error)
+    return LabelledImage(rgb, binary_label(mask), data)
+
+
+def check_same_size(pair: LabelledPair, image: np.ndarray, mask: np.ndarray, error: type[PolypSynthError]) -> None:
+    """A label must cover its image pixel for pixel: one `error` line naming the mask when it does not."""
+    if image.shape[:2] != mask.shape[:2]:
         raise error(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image} "
-                    f"is {bgr.shape[1]}x{bgr.shape[0]}")
-    return LabelledImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), binary_label(mask), data)
+                    f"is {image.shape[1]}x{image.shape[0]}")
 
 
 def labelled_pairs(images: str, masks: str, split: str | None, error: type[PolypSynthError]) -> list[LabelledPair]:

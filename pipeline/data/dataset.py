@@ -28,6 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.core.digests import seed_from
 from pipeline.core.images import resize_image, resize_mask
+from pipeline.core.progress import progress_bar
 from pipeline.data.sources import PairRef, TableCache, read_pairs
 from pipeline.errors import TrainError
 from pipeline.segmenter.predict import to_tensors
@@ -153,12 +154,19 @@ class _PairSource:
         if self.cache_size is None:
             yield from read_pairs(refs, self._tables)
             return
-        size = (self.cache_size, self.cache_size)
-        missing = sorted({ref for ref in refs if ref not in self._cache}, key=lambda r: (r.source, r.row))
-        for ref, image, mask in read_pairs(missing, self._tables):
-            self._cache[ref] = resize_image(image, size), resize_mask(mask, size)
+        self.warm(refs)
         for ref in refs:
             yield (ref, *self._cache[ref])
+
+    def warm(self, refs: list[PairRef], description: str | None = None) -> None:
+        """Read the pairs not yet cached, in file order (with a progress bar when `description`)."""
+        size = (self.cache_size, self.cache_size)
+        missing = sorted({ref for ref in refs if ref not in self._cache}, key=lambda r: (r.source, r.row))
+        pairs = read_pairs(missing, self._tables)
+        if description:
+            pairs = progress_bar(pairs, description, len(missing), unit="pairs")
+        for ref, image, mask in pairs:
+            self._cache[ref] = resize_image(image, size), resize_mask(mask, size)
 
 
 def _samples(source: _PairSource, refs: list[PairRef], transform: Transform | None) -> Iterator[Sample]:
@@ -243,6 +251,14 @@ class TrainBatches(IterableDataset):
 
     def __len__(self) -> int:
         return self.steps
+
+    def warm(self) -> None:
+        """With the in-process cache: read every pair before the first step, so a broken file is one
+        error naming it now, not after hours of training (the first epoch would read them anyway)."""
+        if self._source.cache_size is not None:
+            orders: dict[int, list[PairRef]] = {}
+            used = {ref for index in range(self.steps) for ref in self.batch_refs(index, orders)}
+            self._source.warm(list(used), "reading training pairs")
 
     def epoch_of(self, index: int) -> int:
         """The epoch batch `index` begins in."""

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.core import parquet, storage
 from pipeline.core.digests import json_digest, sha256_hex
-from pipeline.core.images import decode_png
+from pipeline.core.images import decode_image
 from pipeline.core.labelled import binary_label, files_by_id, labelled_pairs, read_split
 from pipeline.core.layout import (
     EXPORT_CARD_FILE,
@@ -200,10 +200,7 @@ def files_fingerprint(files: dict[str, str]) -> Fingerprint:
 
 def read_image(url: str) -> np.ndarray:
     """RGB uint8 pixels of one image file; a `DataError` naming it when it cannot be read."""
-    try:
-        return _decode(storage.read_bytes(url), url, False)
-    except OSError as exc:
-        raise DataError(f"{url}: unreadable ({type(exc).__name__}: {exc})") from None
+    return _decode(_read_file(url), url, False)
 
 
 def resolve(spec: DataSpec | str) -> list[PairRef]:
@@ -222,16 +219,27 @@ def resolve(spec: DataSpec | str) -> list[PairRef]:
 
 
 def _decode(data: bytes, url: str, mask: bool) -> np.ndarray:
+    """RGB uint8 image, or {0, 255} label; a `DataError` naming `url` when the bytes are not one."""
     try:
-        pixels = decode_png(data)  # OpenCV: PNG, JPEG, … by content
-    except ValueError:
-        raise DataError(f"{url}: not a readable image") from None
-    if mask:
-        gray = pixels if pixels.ndim == 2 else pixels[..., 0]
-        return np.where(binary_label(gray), 255, 0).astype(np.uint8)
-    if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=2)
-    return pixels[..., :3]
+        pixels = decode_image(data, "gray" if mask else "color")
+    except ValueError as exc:
+        raise DataError(f"{url}: not a readable image ({exc})") from None
+    return np.where(binary_label(pixels), 255, 0).astype(np.uint8) if mask else pixels
+
+
+def _read_file(url: str) -> bytes:
+    try:
+        return storage.read_bytes(url)
+    except OSError as exc:
+        raise DataError(f"{url}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _pair(ref: PairRef, image: np.ndarray, mask: np.ndarray) -> tuple[PairRef, np.ndarray, np.ndarray]:
+    if image.shape[:2] != mask.shape:
+        where = ref.mask if ref.mask is not None else f"{ref.source} row {ref.row} ({ref.sample_id})"
+        raise DataError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]}")
+    return ref, image, mask
 
 
 class TableCache:
@@ -257,10 +265,10 @@ def read_pairs(refs: list[PairRef], tables: TableCache | None = None) -> Iterato
     tables = tables or TableCache(keep=1)
     for ref in refs:
         if ref.mask is not None:
-            yield (ref, _decode(storage.read_bytes(ref.source), ref.source, False),
-                   _decode(storage.read_bytes(ref.mask), ref.mask, True))
+            yield _pair(ref, _decode(_read_file(ref.source), ref.source, False),
+                        _decode(_read_file(ref.mask), ref.mask, True))
             continue
         table = tables.get(ref.source)
         image = table.column("image")[ref.row].as_py()["bytes"]
         mask = table.column("mask")[ref.row].as_py()["bytes"]
-        yield ref, _decode(image, ref.source, False), _decode(mask, ref.source, True)
+        yield _pair(ref, _decode(image, ref.source, False), _decode(mask, ref.source, True))

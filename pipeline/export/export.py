@@ -46,6 +46,7 @@ from pipeline.generate.shards import (
     hf_metadata,
     made_with_random_weights,
     read_shard,
+    shard_footer,
 )
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     kept: dict[str, list] = {name: [] for name in _LINEAGE_COLUMNS}
     random_weights, config, run_id = False, {}, ""
     for url in plan.shard_urls:
-        with parquet.read_footer(url) as footer:
+        with shard_footer(url) as footer:
             schema = footer.schema_arrow
             columns = footer.read(columns=["sample_id", *(c for c in _LINEAGE_COLUMNS if c in schema.names)])
             ids = columns.column("sample_id").to_pylist()

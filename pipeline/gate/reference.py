@@ -23,6 +23,7 @@ from pipeline.core import parquet, storage
 from pipeline.core.digests import json_digest
 from pipeline.core.labelled import (
     LabelledPair,
+    check_same_size,
     files_by_id,
     labelled_pairs,
     read_split,
@@ -176,6 +177,7 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         pictures.append(image)
         if masks:
             mask, mask_data = _load(pair.mask)
+            check_same_size(pair, image, mask, GateError)
             content.update(hashlib.sha256(mask_data).digest())
             crop = lesion_crop(image, mask[..., 0])
             if crop is None:

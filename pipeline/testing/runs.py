@@ -47,6 +47,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
     the samples' source frames. Returns the sample ids in order."""
     rejected = rejected or {}
     layout = RunLayout(root)
+    config = {"run_id": run_id, "frames": {"source": str(pairs[0][0].parent)}}  # a job config that validates
     plan_digest = digest(run_id)
     rows = []
     for index, (image_path, mask_path) in enumerate(pairs):
@@ -61,7 +62,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
             "run_id": run_id, "pipeline_version": __version__,
         })
     provenance = {"run_id": run_id, "pipeline_version": __version__, "plan_digest": plan_digest,
-                  "config": {"run_id": run_id}}
+                  "config": config}
     entries = []
     for shard in range(0, len(rows), shard_size):
         chunk, index = rows[shard:shard + shard_size], shard // shard_size
@@ -70,7 +71,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
                                   bytes=info.bytes, sha256=info.sha256))
     manifest = RunManifest(run_id=run_id, plan_digest=plan_digest, pipeline_version=__version__, finished_at="",
                            complete=True, samples=SampleTotals(planned=len(rows), written=len(rows), failed=0),
-                           shards=entries, config={"run_id": run_id})
+                           shards=entries, config=config)
     manifest.write(layout)
 
     ids = [row["sample_id"] for row in rows]
