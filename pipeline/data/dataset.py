@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import albumentations as A
 import numpy as np
 import torch
+from albumentations.core.composition import BaseCompose
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.core.digests import seed_from
-from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.progress import progress_bar
 from pipeline.data.sources import PairRef, TableCache, read_pairs
-from pipeline.errors import TrainError
-from pipeline.segmenter.predict import to_tensors
+from pipeline.errors import PolypSynthError, TrainError
+from pipeline.segmenter.predict import model_resize, to_tensors
 
 Transform = Callable[..., dict]
 
@@ -52,10 +52,10 @@ class Batch:
 
 
 def train_transform(size: int) -> A.Compose:
-    """The usual segmentation recipe: resize, flips, 90° rotations, small affine, colour jitter.
-    Seeded per batch by the trainer (`Compose.set_random_seed`, albumentations ≥ 1.4.21)."""
+    """The usual segmentation recipe: resize (as the model sees every image), flips, 90° rotations,
+    small affine, colour jitter. Seeded per sample (`seed_transform`)."""
     return A.Compose([
-        A.Resize(size, size),
+        model_resize(size),
         A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
         A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
@@ -63,14 +63,18 @@ def train_transform(size: int) -> A.Compose:
 
 
 def seed_transform(transform: Transform | None, seed: int) -> None:
-    """Make the transform's next draws a function of `seed` alone; a transform that cannot be seeded
-    is refused, since an unseeded augmentation makes two runs of one seed differ."""
+    """Make the transform's next draws a function of `seed` alone, each of its transforms with a
+    stream of its own: albumentations' `Compose.set_random_seed` gives every child the *same* seed,
+    so a horizontal and a vertical flip (one draw each) would always agree and no image would ever
+    be mirrored. A transform that cannot be seeded is refused: two runs of one seed would differ."""
     if transform is None:
         return
     if not hasattr(transform, "set_random_seed"):
-        raise TrainError(f"{type(transform).__name__} cannot be seeded (albumentations ≥ 1.4.21 has "
-                           "Compose.set_random_seed): upgrade albumentations")
+        raise TrainError(f"{type(transform).__name__} cannot be seeded (albumentations ≥ 2.0 can): upgrade albumentations")
     transform.set_random_seed(seed % 2**32)
+    if isinstance(transform, BaseCompose):
+        for index, child in enumerate(transform.transforms):
+            seed_transform(child, seed_from(f"{seed}/{index}"))
 
 
 def partition(total: int, parts: int, part: int) -> slice:
@@ -110,34 +114,42 @@ def epoch_order(real: list[PairRef], synthetic: list[PairRef], ratio: float, see
                 shuffle: bool = True) -> list[PairRef]:
     """The pairs of one epoch, in order: every real pair once, and `synthetic_count` synthetic pairs (a
     fresh draw each epoch, cycled when there are fewer), spread evenly among them (`interleave`).
-    The same for every rank and worker: a function of (seed, epoch) only."""
-    rng = np.random.default_rng(seed_from(f"pairs/{seed}/{epoch}"))
+    The same for every rank and worker: a function of (seed, epoch) only. Real and synthetic pairs
+    are drawn from streams of their own, so arms of one seed see the real pairs in the same order."""
+    real_rng = np.random.default_rng(seed_from(f"real/{seed}/{epoch}"))
+    synthetic_rng = np.random.default_rng(seed_from(f"synthetic/{seed}/{epoch}"))
     count = synthetic_count(len(real), ratio, len(synthetic))
     extra: list[PairRef] = []
     if count:
         cycles = -(-count // len(synthetic))
-        draw = np.concatenate([rng.permutation(len(synthetic)) for _ in range(cycles)])
+        draw = np.concatenate([synthetic_rng.permutation(len(synthetic)) for _ in range(cycles)])
         extra = [synthetic[i] for i in sorted(draw[:count])]
     if shuffle:
-        real, extra = [real[i] for i in rng.permutation(len(real))], _shuffled(extra, rng)
+        real, extra = [real[i] for i in real_rng.permutation(len(real))], _shuffled(extra, synthetic_rng)
     real_iter, extra_iter = iter(real), iter(extra)
     return [next(extra_iter) if is_synthetic else next(real_iter) for is_synthetic in interleave(len(real), count)]
 
 
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def _place(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
+    """(rank, world size, DataLoader worker, workers) of this process."""
+    if rank is None or world_size is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    worker = get_worker_info()
+    return (rank, world_size, *((worker.id, worker.num_workers) if worker else (0, 1)))
 
 
 def _part_and_parts(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """This process's place among every (rank, DataLoader worker) of the job."""
-    rank, world = _rank_and_world(rank, world_size)
-    worker = get_worker_info()
-    workers, index = (worker.num_workers, worker.id) if worker else (1, 0)
-    return rank * workers + index, world * workers
+    rank, world, worker, workers = _place(rank, world_size)
+    return rank * workers + worker, world * workers
+
+
+def _my_batches(steps: int, rank: int | None, world_size: int | None) -> range:
+    """The batches of this (rank, worker): batch k to rank k mod world, and on that rank to worker
+    (k div world) mod workers, so a rank's batches do not depend on how many workers it has."""
+    rank, world, worker, workers = _place(rank, world_size)
+    return range(rank + world * worker, steps, world * workers)
 
 
 class _PairSource:
@@ -159,23 +171,34 @@ class _PairSource:
             yield (ref, *self._cache[ref])
 
     def warm(self, refs: list[PairRef], description: str | None = None) -> None:
-        """Read the pairs not yet cached, in file order (with a progress bar when `description`)."""
-        size = (self.cache_size, self.cache_size)
+        """Read the pairs not yet cached, in file order (with a progress bar when `description`),
+        resized as the model sees them (`model_resize`: the transforms' own first step)."""
+        resize = model_resize(self.cache_size)
         missing = sorted({ref for ref in refs if ref not in self._cache}, key=lambda r: (r.source, r.row))
         pairs = read_pairs(missing, self._tables)
         if description:
             pairs = progress_bar(pairs, description, len(missing), unit="pairs")
         for ref, image, mask in pairs:
-            self._cache[ref] = resize_image(image, size), resize_mask(mask, size)
+            out = resize(image=image, mask=mask)
+            self._cache[ref] = out["image"], out["mask"]
 
 
-def _samples(source: _PairSource, refs: list[PairRef], transform: Transform | None) -> Iterator[Sample]:
-    for ref, image, mask in source.pairs(refs):
+def _samples(source: _PairSource, refs: list[PairRef], transform: Transform | None,
+             seeds: list[int]) -> Iterator[Sample]:
+    """Tensors of `refs`, each augmented with its own seed (`seeds`, one per ref)."""
+    for (ref, image, mask), seed in zip(source.pairs(refs), seeds):
         if transform is not None:
+            seed_transform(transform, seed)
             out = transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image_t, mask_t = to_tensors(image, mask)
         yield Sample(image_t, mask_t, ref.sample_id)
+
+
+def augment_seed(seed: int, epoch: int, ref: PairRef) -> int:
+    """A pair's augmentation in an epoch: the same in every arm of a seed that trains on it, whatever
+    batch or worker it falls in."""
+    return seed_from(f"augment/{seed}/{epoch}/{ref.source}/{ref.row}")
 
 
 class PairStream(IterableDataset):
@@ -211,8 +234,7 @@ class PairStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         part, parts = _part_and_parts(self.rank, self.world_size)
         mine = self.epoch_refs()[partition(len(self), parts, part)]
-        seed_transform(self.transform, seed_from(f"augment/{self.seed}/{self.epoch}/{part}"))
-        yield from _samples(self._source, mine, self.transform)
+        yield from _samples(self._source, mine, self.transform, [augment_seed(self.seed, self.epoch, r) for r in mine])
 
 
 def collate(samples: list[Sample], index: int = -1) -> Batch:
@@ -224,10 +246,18 @@ def collate(samples: list[Sample], index: int = -1) -> Batch:
 class TrainBatches(IterableDataset):
     """`steps` whole batches of `batch_size` pairs, cut from the epochs of `epoch_order` laid end to end
     (a batch may finish one epoch and start the next), so every arm sees exactly steps × batch_size
-    pairs, each batch at the ratio ± 1. Batch k goes to part k mod parts (parts = ranks × DataLoader
-    workers); with a DataLoader use `batch_size=None` (its round-robin over workers then yields
-    batches 0, 1, 2, … in order). Batch k's augmentation is seeded by (seed, k): the same pixels with
-    any number of workers."""
+    pairs, each batch at the ratio ± 1. Batches are dealt to ranks and DataLoader workers
+    (`_my_batches`); with a DataLoader use `batch_size=None` (its round-robin over workers then
+    yields batches 0, 1, 2, … in order). Each pair is augmented by (seed, epoch, pair): the same
+    pixels with any number of workers, and in every arm of the seed. A pair that cannot be read
+    stops training with one line naming it, from a worker process too (`TrainBatches.Failure`)."""
+
+    @dataclass(frozen=True)
+    class Failure:
+        """What a worker yields instead of a batch when a pair cannot be read: the main process
+        raises it as the one-line error it is (torch would wrap it in a worker traceback)."""
+
+        message: str
 
     def __init__(self, real: list[PairRef], transform: Transform | None, *, batch_size: int, steps: int,
                  synthetic: list[PairRef] = (), ratio: float = 0.0, seed: int = 0,
@@ -257,18 +287,18 @@ class TrainBatches(IterableDataset):
         error naming it now, not after hours of training (the first epoch would read them anyway)."""
         if self._source.cache_size is not None:
             orders: dict[int, list[PairRef]] = {}
-            used = {ref for index in range(self.steps) for ref in self.batch_refs(index, orders)}
+            used = {ref for index in range(self.steps) for _, ref in self.batch_refs(index, orders)}
             self._source.warm(list(used), "reading training pairs")
 
     def epoch_of(self, index: int) -> int:
         """The epoch batch `index` begins in."""
         return index * self.batch_size // self.epoch_length
 
-    def batch_refs(self, index: int, orders: dict[int, list[PairRef]] | None = None) -> list[PairRef]:
-        """The pairs of batch `index`: positions [index·B, (index+1)·B) of the epochs laid end to end.
-        `orders` keeps the epoch orders computed so far (the last two) between calls."""
+    def batch_refs(self, index: int, orders: dict[int, list[PairRef]] | None = None) -> list[tuple[int, PairRef]]:
+        """The (epoch, pair) of batch `index`: positions [index·B, (index+1)·B) of the epochs laid end
+        to end. `orders` keeps the epoch orders computed so far (the last two) between calls."""
         orders = {} if orders is None else orders
-        refs: list[PairRef] = []
+        refs: list[tuple[int, PairRef]] = []
         position, n = index * self.batch_size, self.epoch_length
         while len(refs) < self.batch_size:
             epoch = position // n
@@ -278,14 +308,18 @@ class TrainBatches(IterableDataset):
                 orders[epoch] = epoch_order(self.real, self.synthetic, self.ratio, self.seed, epoch)
             begin = position - epoch * n
             chunk = orders[epoch][begin:begin + self.batch_size - len(refs)]
-            refs.extend(chunk)
+            refs.extend((epoch, ref) for ref in chunk)
             position += len(chunk)
         return refs
 
-    def __iter__(self) -> Iterator[Batch]:
-        part, parts = _part_and_parts(self.rank, self.world_size)
+    def __iter__(self) -> Iterator[Batch | TrainBatches.Failure]:
         orders: dict[int, list[PairRef]] = {}  # one epoch's order, computed once per process
-        for index in range(part, self.steps, parts):
-            refs = self.batch_refs(index, orders)
-            seed_transform(self.transform, seed_from(f"augment/{self.seed}/{index}"))
-            yield collate(list(_samples(self._source, refs, self.transform)), index)
+        for index in _my_batches(self.steps, self.rank, self.world_size):
+            placed = self.batch_refs(index, orders)
+            refs = [ref for _, ref in placed]
+            seeds = [augment_seed(self.seed, epoch, ref) for epoch, ref in placed]
+            try:
+                yield collate(list(_samples(self._source, refs, self.transform, seeds)), index)
+            except PolypSynthError as exc:
+                yield TrainBatches.Failure(str(exc))
+                return

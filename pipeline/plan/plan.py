@@ -251,7 +251,9 @@ def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
     if preset != meta.mask_preset.digest:
         changed.append(f"the mask preset {config.masks.preset} changed (digest {preset}, planned with {meta.mask_preset.digest})")
     listing = listing_digest(list_frames(config.frames.source)[: config.frames.limit])
-    if listing != meta.frames.listing:
+    if not meta.frames.listing:
+        changed.append("the plan predates frame listings (made by an older version), so its frames cannot be checked")
+    elif listing != meta.frames.listing:
         changed.append(f"the frame files of {config.frames.source} changed (added, removed or renamed)")
     metadata = metadata_digest(config)
     if metadata != meta.frames.metadata_digest:

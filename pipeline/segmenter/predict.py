@@ -6,13 +6,20 @@ through here, so the three never disagree on a pixel."""
 from __future__ import annotations
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
+def model_resize(size: int) -> A.Resize:
+    """How every image reaches the segmenter's square input: area averaging (no aliasing when a
+    1920-px frame shrinks to a few hundred), nearest neighbour for labels (they stay labels)."""
+    return A.Resize(size, size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
+
+
 def eval_transform(size: int) -> A.Compose:
-    return A.Compose([A.Resize(size, size)])
+    return A.Compose([model_resize(size)])
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

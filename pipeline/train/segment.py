@@ -30,7 +30,7 @@ from pipeline.core.devices import resolve_device
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.dataset import TrainBatches, synthetic_count, train_transform
 from pipeline.data.sources import PairRef, read_pairs
-from pipeline.errors import TrainError
+from pipeline.errors import DataError, TrainError
 from pipeline.segmenter.metrics import segment_metrics
 from pipeline.segmenter.model import (
     DEFAULT_ENCODER,
@@ -123,6 +123,8 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
     model.train()
     with ProgressReporter(f"train {settings.encoder} {settings.size}²", total, "steps") as progress:
         for batch in loader:
+            if isinstance(batch, TrainBatches.Failure):
+                raise DataError(batch.message)
             if batch.index != step:
                 raise TrainError(f"batch {batch.index} arrived as step {step}: the loader broke the batch order")
             images, masks = batch.images.to(device), batch.masks.to(device)
