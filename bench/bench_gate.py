@@ -35,7 +35,9 @@ from pipeline.gate.run import (
     _read_features,
     feature_scores,
     make_feature_worker,
+    per_sample,
     run_gate,
+    shard_kids,
 )
 from pipeline.plan.frames import load_frame
 from pipeline.testing.data import require_shared_data
@@ -121,8 +123,9 @@ def main() -> None:
         for n in (int(v) for v in args.sizes.split(",")):
             big = scaled(run, n, rng)
             start = time.perf_counter()
-            scores = {**big.pixel_scores, **feature_scores(reference, big)}
-            checks.judge(scores, config.gate, n)
+            scores = {**big.pixel_scores, **feature_scores(reference, big),
+                      "shard_kid": per_sample(shard_kids(reference, big), big)}
+            checks.judge(scores, checks.resolve_label_bound(config.gate)[0], n)
             compare(reference, big.features)
             seconds = time.perf_counter() - start
             total = seconds + per_shard * n / args.samples

@@ -214,10 +214,9 @@ class GateConfig(_Section):
         "auto", description="IoU of the segmenter's prediction with the label (checked only with gate.segmenter); "
         "auto: the IoU 90 % of held-out real images reach with that segmenter (recorded by `train --holdout`)")
     nearest_k: int = Field(5, gt=0, description="k of the k-NN balls (precision/recall/density/coverage, realism)")
-    unscored_allowed: list[Literal["unpainted", "leaked", "blank", "saturated", "no_lesion", "unrealistic",
-                                   "near_duplicate", "label_mismatch"]] = Field(
-        [], description="checks whose missing score does not reject a sample (by default a sample a check cannot "
-        "score, e.g. because its source frame cannot be read, is rejected as `unscored`)")
+    unscored_allowed: list[str] = Field(
+        [], description="checks (by reason, e.g. unpainted, leaked) whose missing score does not reject a sample; by "
+        "default a sample a check cannot score (e.g. its source frame cannot be read) is rejected as `unscored`")
     # per shard and per run
     shard_kid_max: float | None = Field(0.05, description="a shard whose lesion-crop KID exceeds this is rejected whole")
     run_kid_max: float | None = Field(None, description="the run fails when the KID of its samples exceeds this")

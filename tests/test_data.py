@@ -164,3 +164,41 @@ def test_batches_and_their_augmentations_are_the_same_with_any_number_of_workers
 def test_an_augmentation_that_cannot_be_seeded_is_refused():
     with pytest.raises(TrainError, match="cannot be seeded"):
         seed_transform(lambda **pair: pair, 1)
+
+
+def test_seeding_leaves_every_transform_a_stream_of_its_own():
+    """albumentations seeds a Compose's children alike, so two flips drawn per image always agreed
+    and no image was ever mirrored: every combination of the two flips occurs here."""
+    import albumentations as A
+
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)[..., None].repeat(3, axis=2)
+    flips = A.Compose([A.HorizontalFlip(), A.VerticalFlip()])
+    seen = set()
+    for seed in range(40):
+        seed_transform(flips, seed)
+        out = flips(image=image)["image"]
+        seen.add((np.array_equal(out, image[:, ::-1]), np.array_equal(out, image[::-1])))
+    assert seen >= {(True, False), (False, True)}  # mirrored one way, and the other
+
+
+def test_the_cache_gives_the_pixels_the_transforms_would(run):
+    root, _ = run
+    refs = resolve(root)
+
+    def batches(cache):
+        return list(DataLoader(TrainBatches(refs[:6], train_transform(32), batch_size=3, steps=4, synthetic=refs[6:],
+                                            ratio=1.0, seed=2, cache_size=cache), batch_size=None))
+    for a, b in zip(batches(32), batches(None)):
+        assert a.sample_ids == b.sample_ids and torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+
+
+def test_arms_of_one_seed_visit_the_real_pairs_in_the_same_order(run):
+    from pipeline.data.dataset import epoch_order
+
+    root, _ = run
+    refs = resolve(root)
+    real, synthetic = refs[:8], refs[8:]
+    for epoch in range(3):
+        alone = epoch_order(real, [], 0.0, 5, epoch)
+        mixed = [ref for ref in epoch_order(real, synthetic, 2.0, 5, epoch) if ref in real]
+        assert alone == mixed

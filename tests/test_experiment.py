@@ -6,6 +6,7 @@ reference and probe negatives. One test runs the real chain: frames polyp-free �
 → gate (a reference built on first use) → export → experiment."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -104,20 +105,36 @@ def test_equal_epoch_steps_count_full_batches():
     assert steps[("s", 2.0, "steps")] == 19  # ⌈3 · 50 / 8⌉: the real-only arm's
 
 
-def _donor_shard(path, donor_sources):
-    table = pa.table({"sample_id": [f"s{i}" for i in range(len(donor_sources))],
-                      "donor_id": [f"{source}/0" for source in donor_sources],
-                      "source_frame": [str(DATA / "normal-mucosa" / f"{i}.jpg") for i in range(len(donor_sources))],
-                      "source_sha256": ["0" * 64] * len(donor_sources),
+def _donor_run(tmp_path, name, donor_ids):
+    """Shards of a transplant-like run whose samples name donors of a real library cut from `donor_ids`."""
+    from pipeline.generate.transplant.donors import build_donors
+
+    split = ids_file(tmp_path / f"{name}.txt", donor_ids)
+    library = str(tmp_path / f"{name}-donors.parquet")
+    build_donors(KVASIR / "images", KVASIR / "masks", library, split)
+    frames = [DATA / "normal-mucosa" / f"{i}.jpg" for i in range(1, len(donor_ids) + 1)]
+    table = pa.table({"sample_id": [f"{name}{i}" for i in range(len(donor_ids))],
+                      "donor_id": [f"{source}/0" for source in donor_ids],
+                      "source_frame": [str(f) for f in frames], "source_sha256": [_sha(f) for f in frames],
+                      "engine": [{"kind": "transplant", "donors": library}] * len(donor_ids),
                       "image": pa.array([{"bytes": encode_png(np.full((8, 8, 3), i, np.uint8)), "path": ""}
-                                         for i in range(len(donor_sources))]),
-                      "mask": pa.array([{"bytes": encode_png(np.zeros((8, 8), np.uint8)), "path": ""}] * len(donor_sources))})
-    pq.write_table(table, path)
-    return str(path)
+                                         for i in range(len(donor_ids))]),
+                      "mask": pa.array([{"bytes": encode_png(np.zeros((8, 8), np.uint8)), "path": ""}] * len(donor_ids))})
+    pq.write_table(table, tmp_path / f"{name}.parquet")
+    return str(tmp_path / f"{name}.parquet")
+
+
+def _sha(path):
+    from pipeline.core.digests import sha256_hex
+
+    return sha256_hex(path.read_bytes())
+
+
+def _key(image_id, folder="images"):
+    return (image_id, _sha(KVASIR / folder / f"{image_id}.jpg"))
 
 
 def test_every_path_of_an_evaluation_image_into_training_is_refused(tmp_path, evaluation):
-    evals, negatives = evaluation
     test_pairs = kvasir_pairs(KVASIR, "test", 2)
 
     def refused(synthetic, match, **changes):
@@ -132,33 +149,53 @@ def test_every_path_of_an_evaluation_image_into_training_is_refused(tmp_path, ev
     write_gated_run(same, test_pairs, "same", size=32)
     refused({"s": same}, "samples are evaluation images", evals=[same], negatives=[])
 
-    hosts = str(tmp_path / "hosts")  # painted on evaluation frames (their polyp-free side keeps their ids)
+    hosts = str(tmp_path / "hosts")  # painted on evaluation frames
     write_gated_run(hosts, test_pairs, "hosts", size=32)
     refused({"s": hosts}, f"host frames include 2 evaluation images \\({', '.join(sorted(TEST[:2]))}\\)")
 
-    donors = _donor_shard(tmp_path / "donors.parquet", [TRAIN[0], TEST[3]])
-    refused({"s": donors}, f"donor lesions include 1 evaluation images \\({TEST[3]}\\)", real_n=None)
-    refused({"s": _donor_shard(tmp_path / "d2.parquet", [TRAIN[0], TRAIN[5]])}, "not among the trial's real images")
+    refused({"s": _donor_run(tmp_path, "d1", [TRAIN[0], TEST[3]])},
+            f"donor lesions were cut from include 1 evaluation images \\({TEST[3]}\\)", real_n=None)
+    refused({"s": _donor_run(tmp_path, "d2", [TRAIN[0], TRAIN[5]])}, "not among the trial's real images")
 
     for name, lineage, match in (
-        ("reference", Lineage(reference=ImageKeys.of([TEST[2]]), gated=True), "the gate's reference images include"),
-        ("negatives", Lineage(negatives=ImageKeys.of([], [_sha(DATA / "normal-mucosa" / "1500.jpg")]), gated=True), "probe negatives include"),
-        ("unrecorded", None, "does not record which real images"),
+        ("reference", Lineage(reference=ImageKeys.of([_key(TEST[2])]), gated=True), "the gate's reference images include"),
+        ("negatives", Lineage(negatives=ImageKeys.of([("1500", _sha(DATA / "normal-mucosa" / "1500.jpg"))]), gated=True),
+         "probe negatives include"),
+        ("segmenter", Lineage(segmenter=ImageKeys.of([_key(TEST[1])]), gated=True), "label-check segmenter"),
+        ("unrecorded", None, "is not known"),
     ):
         run = str(tmp_path / name)
         write_gated_run(run, kvasir_pairs(KVASIR, "train", 2), name, size=32, reference=lineage)
         export_runs([run], ExportOptions(out=str(tmp_path / f"{name}-export"), format="folders"))
         refused({"s": str(tmp_path / f"{name}-export")}, match)
-        if lineage is not None:  # all samples exported, the gate chose none: its reference is not their lineage
+        if lineage is not None:  # all samples exported, the gate chose none: what judged them is not their lineage
             export_runs([run], ExportOptions(out=str(tmp_path / f"{name}-all"), include_rejected=True))
             manifest = json.loads((tmp_path / f"{name}-all" / "manifest.json").read_text())
             assert not manifest["runs"][0]["lineage"]["gated"]
+            # an export's files read without its manifest: its gate is not known
+            refused({"s": str(tmp_path / f"{name}-all" / "data" / "*.parquet")}, "is not known")
+
+    plain = tmp_path / "plain"  # a folder of pairs: no provenance at all
+    shutil.copytree(tmp_path / "reference-export", plain, ignore=shutil.ignore_patterns("*.json", "*.parquet", "README.md"))
+    refused({"s": str(plain)}, "is not known")
 
 
-def _sha(path):
-    from pipeline.core.digests import sha256_hex
-
-    return sha256_hex(path.read_bytes())
+def test_images_are_matched_by_content_not_by_name(tmp_path, evaluation):
+    """Datasets that name their files alike (1.png … in CVC-ClinicDB and ETIS) do not collide; a copy of
+    an evaluation image under another name is still refused."""
+    evals, negatives = evaluation
+    real = tmp_path / "real"
+    for sub in ("images", "masks"):
+        (real / sub).mkdir(parents=True)
+        shutil.copy(KVASIR / sub / f"{TRAIN[0]}.jpg", real / sub / f"{TEST[0]}.jpg")  # an eval id, other bytes
+        shutil.copy(KVASIR / sub / f"{TRAIN[1]}.jpg", real / sub / f"{TRAIN[1]}.jpg")
+    spec = spec_for(tmp_path, {}, evaluation, real=str(real), real_n=None, seeds=1, ratios=[0])
+    assert [r.trial.key for r in run_experiment(spec)] == ["real-r0-s0-epochs"]
+    for sub in ("images", "masks"):
+        shutil.copy(KVASIR / sub / f"{TEST[1]}.jpg", real / sub / "renamed.jpg")  # an eval image under another name
+    with pytest.raises(TrainError, match="1 training images are evaluation images \\(renamed\\)"):
+        run_experiment(spec_for(tmp_path, {}, evaluation, real=str(real), real_n=None, seeds=1, ratios=[0],
+                                out=str(tmp_path / "exp2")))
 
 
 def test_the_real_chain_gate_export_experiment(tmp_path, evaluation):
@@ -189,8 +226,9 @@ def test_the_real_chain_gate_export_experiment(tmp_path, evaluation):
         main(["export", str(tmp_path / "chain"), "--out", str(tmp_path / "ex")])
     assert done.value.code == 0
     lineage = Lineage.model_validate(json.loads((tmp_path / "ex" / "manifest.json").read_text())["runs"][0]["lineage"])
-    assert set(lineage.donors.ids) <= set(TRAIN[:9]) and set(lineage.hosts.ids) == {TRAIN[4], TRAIN[8]}
-    assert lineage.reference.ids == sorted(TRAIN[10:16]) and len(lineage.negatives.sha256) == 6
+    assert set(lineage.donors.files.values()) <= set(TRAIN[:9])
+    assert lineage.hosts.files == dict([tuple(reversed(_key(TRAIN[4]))), tuple(reversed(_key(TRAIN[8])))])  # cut from
+    assert sorted(lineage.reference.files.values()) == sorted(TRAIN[10:16]) and len(lineage.negatives) == 6
 
     results = run_experiment(spec_for(tmp_path, {"transplant": str(tmp_path / "ex")}, evaluation, seeds=1, real_n=9))
     assert {r.trial.key for r in results} == {"real-r0-s0-epochs", "real-r1-s0-compute", "transplant-r1-s0-epochs",

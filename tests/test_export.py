@@ -82,9 +82,9 @@ def test_folder_export_reads_with_the_folder_loader_and_carries_its_provenance(r
     files = {f.path: f for f in manifest.files}
     assert files["metadata.parquet"].sha256 == sha256_hex((tmp_path / "f" / "metadata.parquet").read_bytes())
     lineage = manifest.runs[0].lineage  # every sample out, the gate chose none: only donors and hosts
-    assert lineage.hosts.ids == sorted(Path(i).stem for i, _ in PAIRS[:6]) and not lineage.gated
+    assert lineage.hosts.files == {sha256_hex(i.read_bytes()): i.stem for i, _ in PAIRS[:6]} and not lineage.gated
     gated = export_runs([str(root / "a")], ExportOptions(out=str(tmp_path / "g"), format="folders"))
-    assert gated.runs[0].lineage.gated and Path(PAIRS[1][0]).stem not in gated.runs[0].lineage.hosts.ids
+    assert gated.runs[0].lineage.gated and PAIRS[1][0].stem not in gated.runs[0].lineage.hosts.files.values()
     export_runs([str(root / "a")], ExportOptions(out=str(tmp_path / "f")))  # Parquet over a folders export
     assert not (tmp_path / "f" / "metadata.parquet").exists() and not list((tmp_path / "f" / "images").glob("*.png"))
 

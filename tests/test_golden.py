@@ -7,7 +7,9 @@ new checksums (`POLYP_SYNTH_UPDATE_GOLDEN=1 pytest tests/test_golden.py` writes 
 
 Same pixels means the same bytes on the same kind of machine; elsewhere float rounding may move a few
 pixels by a level (README, "Same sample, same pixels"), so where the checksum differs the test
-compares 16² thumbnails: a mean difference under half a level is rounding, more is another algorithm.
+compares 32² thumbnails: no thumbnail pixel more than 2 levels off and a mean under a quarter level
+is rounding; anything more (a change confined to the lesion moves its thumbnail pixels by more) is
+another algorithm.
 """
 
 import json
@@ -34,7 +36,7 @@ KVASIR = shared_data() / "kvasir-seg"
 
 def fingerprint(images: list[np.ndarray]) -> dict:
     return {"sha256": sha256_hex(b"".join(np.ascontiguousarray(i).tobytes() for i in images)),
-            "thumbnails": [cv2.resize(i, (16, 16), interpolation=cv2.INTER_AREA).tobytes().hex() for i in images]}
+            "thumbnails": [cv2.resize(i, (32, 32), interpolation=cv2.INTER_AREA).tobytes().hex() for i in images]}
 
 
 def thumbnails(record: dict) -> np.ndarray:
@@ -53,7 +55,7 @@ def check(engine: str, algorithm: int, images: list[np.ndarray]) -> None:
         assert algorithm == kept["algorithm"], f"{engine}: same pixels as algorithm {kept['algorithm']}, yet the version says {algorithm}"
         return
     difference = np.abs(thumbnails(found) - thumbnails(kept))
-    if difference.mean() < 0.5 and algorithm == kept["algorithm"]:
+    if difference.max() <= 2 and difference.mean() < 0.25 and algorithm == kept["algorithm"]:
         return  # float rounding on another machine, not another algorithm
     if algorithm == kept["algorithm"]:
         pytest.fail(f"{engine}: the pixels changed (thumbnails differ by {difference.mean():.2f} levels on average) "

@@ -25,11 +25,13 @@ def part(module: str) -> str:
     return module.split(".")[1] if "." in module else module
 
 
-def imports(path: Path) -> set[str]:
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The modules a file imports: `from pipeline.gate import metrics` imports pipeline.gate.metrics."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
-            found.add(node.module)
+            names = {f"{node.module}.{alias.name}" for alias in node.names}
+            found.update((names & known.keys()) or {node.module})
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "pipeline")
     return found
@@ -40,8 +42,8 @@ def graph() -> nx.DiGraph:
     edges = nx.DiGraph()
     for module, path in known.items():
         edges.add_node(module)
-        for target in imports(path):
-            while target not in known and "." in target:  # `from pipeline.core import storage` names a module
+        for target in imports(path, known):
+            while target not in known and "." in target:  # a name inside a module
                 target = target.rsplit(".", 1)[0]
             if target != module:
                 edges.add_edge(module, target)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import config_from_dict
+from pipeline.core.timing import StageTimer
 from pipeline.plan.frames import build_catalog
 from pipeline.plan.masks.params import MaskParams
 from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.plan import Plan, build_plan
-from pipeline.core.timing import StageTimer
 from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]

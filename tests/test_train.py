@@ -124,7 +124,7 @@ def test_paired_differences_match_the_paired_t_interval():
     assert result.verdict() == "better" and result.verdict(higher_is_better=False) == "worse"
     assert paired_difference([0.5, 0.7], [0.6, 0.5]).verdict() == "no claim"
     same = paired_difference([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
-    assert (same.low, same.high) == pytest.approx((0.1, 0.1))
+    assert (same.low, same.high) == pytest.approx((0.1, 0.1)) and same.verdict() == "no claim"  # 3 seeds: none
     assert paired_difference([0.5], [0.4]) is None
 
 
@@ -204,3 +204,13 @@ def test_the_label_bound_follows_the_segmenters_own_iou_on_held_out_real_images(
         resolve_label_bound(GateConfig(segmenter=str(tmp_path / "plain.safetensors")))
     with pytest.raises(TrainError, match="of its images are training images"):
         train(refs[:2], settings, tmp_path / "x.safetensors", holdout=refs[1:3], holdout_spec="overlapping")
+
+
+def test_polyp_free_frames_of_a_labelled_set_are_no_lesions_to_size_or_miss():
+    label = np.zeros((100, 100), bool)
+    label[:10, :10] = True
+    empty = np.zeros_like(label)
+    items = {"hit": segment_metrics(label, label), "free, quiet": segment_metrics(empty, empty),
+             "free, fired": segment_metrics(label, empty)}
+    sizes = by_size(items)
+    assert sizes["small"].n == 1 and sizes["small"].dice == 1.0 and sum(f.n for f in sizes.values()) == 1

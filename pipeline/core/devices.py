@@ -19,4 +19,6 @@ def resolve_device(name: str, field: str = "device", error: type[PolypSynthError
         raise error(f"{field}: {name!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise error(f"{field}: {name!r} asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise error(f"{field}: {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device

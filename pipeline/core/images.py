@@ -30,7 +30,9 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-_READ_MODES = {"unchanged": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}
+_READ_MODES = {"unchanged": cv2.IMREAD_UNCHANGED,  # never rotated by EXIF orientation: as PIL reads the frames
+               "color": cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+               "gray": cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION}
 
 
 def cut_short(data: bytes) -> bool:

@@ -179,6 +179,10 @@ class ExportLayout:
         return storage.join(self.root, relative)
 
 
+CUT_SOURCES_FILE = "cut_from.json"
+"""Beside frames cut by `frames polyp-free`: each frame's file name → the labelled frame it was cut
+from ({"id", "sha256"}), so a cut frame's lineage is its source's, whatever it is renamed to."""
+
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name: `load_lora_weights(folder)` finds it
 
 

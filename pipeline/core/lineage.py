@@ -1,11 +1,13 @@
 """Which real images reached a data set, and by which path: what makes "no evaluation image reaches
 training" a check instead of a promise.
 
-A real image is known by its id (the file stem: Kvasir-SEG's ids, the `<id>` of `<id>/<k>` donor
-ids, the file a polyp-free host frame was cut from keeps its source's stem) and, where a whole file
-was used, by the SHA-256 of its bytes (a copy under another name is still the same image). A
-synthetic set's `Lineage` lists them per path: donors, host frames, the gate's reference images and
-its probe's negatives. Two sets overlap when they share an id or a SHA-256.
+A real image is known by the SHA-256 of its file's bytes: a copy under another name is the same
+image, and two datasets that both name their files `1.png … 612.png` (CVC-ClinicDB, ETIS, the
+mucosa frames) do not collide. Its id (the file stem) is kept beside it to name it in messages.
+A synthetic set's `Lineage` lists them per path: the images its donor lesions were cut from, its
+host frames (or, for frames cut by `frames polyp-free`, the labelled frames they were cut from),
+and the real images of whatever chose it: the gate's reference and probe negatives, and the images
+its label-check segmenter was trained and calibrated on.
 """
 
 from __future__ import annotations
@@ -18,28 +20,33 @@ from pydantic import BaseModel, ConfigDict
 
 
 class ImageKeys(BaseModel):
-    """Real images as ids (file stems) and SHA-256s of whole files; both sorted, each once."""
+    """Real images: SHA-256 of the file → its id (file stem)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ids: list[str] = []
-    sha256: list[str] = []
+    files: dict[str, str] = {}
 
     @classmethod
-    def of(cls, ids: Iterable[str] = (), sha256: Iterable[str] = ()) -> ImageKeys:
-        return cls(ids=sorted({i for i in ids if i}), sha256=sorted({s for s in sha256 if s}))
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> ImageKeys:
+        """From (id, SHA-256) pairs; pairs without a SHA-256 are left out (nothing to match on)."""
+        return cls(files={sha: image_id for image_id, sha in sorted(pairs, key=lambda p: p[1]) if sha})
 
     def __or__(self, other: ImageKeys) -> ImageKeys:
-        return ImageKeys.of([*self.ids, *other.ids], [*self.sha256, *other.sha256])
+        return ImageKeys(files={**self.files, **other.files})
 
     def __bool__(self) -> bool:
-        return bool(self.ids or self.sha256)
+        return bool(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
     def shared_with(self, other: ImageKeys) -> list[str]:
-        """The images the two hold in common: by id, or where no id is shared, by the SHA-256 of files
-        both hold (shortened; a copy under another name)."""
-        ids = sorted(set(self.ids) & set(other.ids))
-        return ids or [f"sha256:{s[:12]}" for s in sorted(set(self.sha256) & set(other.sha256))]
+        """The images both hold (same bytes), named by this side's ids, sorted."""
+        return sorted(self.files[sha] or f"sha256:{sha[:12]}" for sha in self.files.keys() & other.files.keys())
+
+    def outside(self, other: ImageKeys) -> list[str]:
+        """The images this holds and `other` does not, named by ids, sorted."""
+        return sorted(self.files[sha] or f"sha256:{sha[:12]}" for sha in self.files.keys() - other.files.keys())
 
 
 def stem(uri: str) -> str:
@@ -47,14 +54,9 @@ def stem(uri: str) -> str:
     return PurePosixPath(uri.split("://", 1)[-1]).stem
 
 
-def donor_source(donor_id: str) -> str:
-    """The image a donor lesion was cut from (`<id>/<k>` → `<id>`)."""
-    return donor_id.split("/", 1)[0]
-
-
 class Lineage(BaseModel):
-    """Every real image that reached a synthetic set, by path. `gated` is False for a set no gate
-    selected (then `reference` and `negatives` are empty because nothing was used, not unknown)."""
+    """Every real image that reached a synthetic set, by path. `gated` is True when a gate chose its
+    samples (then `reference`, `negatives` and `segmenter` are what it measured them with)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,20 +64,16 @@ class Lineage(BaseModel):
     hosts: ImageKeys = ImageKeys()
     reference: ImageKeys = ImageKeys()
     negatives: ImageKeys = ImageKeys()
+    segmenter: ImageKeys = ImageKeys()
     gated: bool = False
 
-    PATHS: ClassVar[dict[str, str]] = {"donors": "donor lesions", "hosts": "host frames", "reference": "the gate's reference images",
-             "negatives": "the gate's probe negatives"}
-
-    @classmethod
-    def of_samples(cls, donor_ids: Iterable[str | None], frames: Iterable[str], frame_sha256: Iterable[str]) -> Lineage:
-        """From a set's provenance columns: `donor_id`, `source_frame`, `source_sha256`."""
-        return cls(donors=ImageKeys.of(donor_source(d) for d in donor_ids if d),
-                   hosts=ImageKeys.of((stem(f) for f in frames), frame_sha256))
+    PATHS: ClassVar[dict[str, str]] = {
+        "donors": "the images its donor lesions were cut from", "hosts": "its host frames",
+        "reference": "the gate's reference images", "negatives": "the gate's probe negatives",
+        "segmenter": "the images the gate's label-check segmenter was trained or calibrated on"}
 
     def __or__(self, other: Lineage) -> Lineage:
-        return Lineage(donors=self.donors | other.donors, hosts=self.hosts | other.hosts,
-                       reference=self.reference | other.reference, negatives=self.negatives | other.negatives,
+        return Lineage(**{path: getattr(self, path) | getattr(other, path) for path in self.PATHS},
                        gated=self.gated or other.gated)
 
     def overlaps(self, keys: ImageKeys) -> dict[str, list[str]]:

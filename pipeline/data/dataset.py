@@ -287,8 +287,8 @@ class TrainBatches(IterableDataset):
         error naming it now, not after hours of training (the first epoch would read them anyway)."""
         if self._source.cache_size is not None:
             orders: dict[int, list[PairRef]] = {}
-            used = {ref for index in range(self.steps) for _, ref in self.batch_refs(index, orders)}
-            self._source.warm(list(used), "reading training pairs")
+            drawn = {ref for index in range(self.steps) for _, ref in self.batch_refs(index, orders)}
+            self._source.warm(list(set(self.real) | drawn), "reading training pairs")  # every real pair, the synthetic drawn
 
     def epoch_of(self, index: int) -> int:
         """The epoch batch `index` begins in."""

@@ -34,6 +34,7 @@ from pipeline.core.layout import (
 from pipeline.core.lineage import ImageKeys, Lineage
 from pipeline.errors import DataError
 from pipeline.export.manifest import ExportManifest
+from pipeline.generate.lineage import sample_lineage
 
 
 @dataclass(frozen=True)
@@ -132,49 +133,51 @@ def fingerprint(refs: list[PairRef]) -> Fingerprint:
     """Reads every byte of the set once (about 1 s per GB here): the SHA-256 of every file it reads and
     the rows it takes make the digest; each pair's id and its image's SHA-256 make the keys."""
     files = {url for ref in refs for url in (ref.source, ref.mask) if url}
+    tables = {ref.source for ref in refs if ref.mask is None}
     sha, image_sha = {}, {}
     for url in sorted(files):
         data = storage.read_bytes(url)
         sha[url] = sha256_hex(data)
-        if url.endswith(".parquet") and any(ref.source == url and ref.mask is None for ref in refs):
+        if url in tables:
             column = parquet.table_from_bytes(data, ["image"]).column("image").to_pylist()
             image_sha.update({(url, row): sha256_hex(cell["bytes"]) for row, cell in enumerate(column)})
     digest = json_digest([[sha[ref.source], ref.row, sha[ref.mask] if ref.mask else None] for ref in refs])
-    keys = ImageKeys.of((ref.sample_id for ref in refs),
-                        (sha[ref.source] if ref.mask else image_sha[(ref.source, ref.row)] for ref in refs))
+    keys = ImageKeys.of((ref.sample_id, sha[ref.source] if ref.mask else image_sha[(ref.source, ref.row)])
+                        for ref in refs)
     return Fingerprint(digest, keys)
 
 
-def _shard_lineage(files: list[str], rows: dict[str, set[int]] | None = None) -> Lineage:
-    """Donors and host frames named by the provenance columns of Parquet files (only `rows` of each)."""
-    donors, frames, frame_sha = [], [], []
-    for url in files:
-        with parquet.read_footer(url) as footer:
-            names = [n for n in ("donor_id", "source_frame", "source_sha256") if n in footer.schema_arrow.names]
-            table = footer.read(columns=names)
-        keep = sorted(rows[url]) if rows is not None else range(table.num_rows)
-        column = {name: table.column(name).to_pylist() for name in names}
-        donors += [column["donor_id"][i] for i in keep] if "donor_id" in column else []
-        frames += [column["source_frame"][i] for i in keep] if "source_frame" in column else []
-        frame_sha += [column["source_sha256"][i] for i in keep] if "source_sha256" in column else []
-    return Lineage.of_samples(donors, [f for f in frames if f], [s for s in frame_sha if s])
+_PROVENANCE = ("source_frame", "source_sha256", "donor_id", "engine")
 
 
 def lineage(spec: DataSpec | str, refs: list[PairRef]) -> Lineage | None:
-    """The real images behind a synthetic set (`refs`, as `resolve` gave them): an export's manifest
-    says, with the gate's reference when the gate chose its samples (None: made before lineage was
-    recorded); a run's shards or Parquet files name their donors and host frames (every row is taken,
-    so no gate chose them). A labelled folder is its own images (its keys), with no lineage beyond."""
+    """The real images behind a synthetic set (`refs`, as `resolve` gave them), or None when its
+    provenance is unknown. An export's manifest says (with what judged the samples when a gate chose
+    them); a run's shards, or Parquet files with provenance columns, name their donors and host frames
+    (every row is taken, so no gate chose them). Unknown: a plain images/ + masks/ folder, Parquet
+    files without provenance, and an export's files read without its manifest (its gate is not known)."""
     spec = DataSpec.parse(spec) if isinstance(spec, str) else spec
     names = storage.list_names(spec.root)
     if _is_export(names):
         return ExportManifest.read(spec.root).lineage
     if EXPORT_IMAGE_DIR in names:
-        return Lineage()
+        return None
     rows: dict[str, set[int]] = {}
     for ref in refs:
         rows.setdefault(ref.source, set()).add(ref.row)
-    return _shard_lineage(sorted(rows), rows)
+    donors, hosts = [], []
+    for url, keep in sorted(rows.items()):
+        with parquet.read_footer(url) as footer:
+            present = set(footer.schema_arrow.names)
+            if not {"source_frame", "source_sha256"} <= present or "accepted" in present:
+                return None
+            table = footer.read(columns=[name for name in _PROVENANCE if name in present])
+        column = {name: table.column(name).to_pylist() for name in table.column_names}
+        for i in sorted(keep):
+            engine = column["engine"][i] if "engine" in column else None
+            donors.append((column["donor_id"][i] if "donor_id" in column else None, (engine or {}).get("donors")))
+            hosts.append((column["source_frame"][i] or "", column["source_sha256"][i] or ""))
+    return sample_lineage(donors, hosts)
 
 
 def unlabelled_files(spec: DataSpec | str) -> dict[str, str]:
@@ -195,7 +198,7 @@ def unlabelled_files(spec: DataSpec | str) -> dict[str, str]:
 def files_fingerprint(files: dict[str, str]) -> Fingerprint:
     """`fingerprint` of a set of unlabelled image files (id → URL)."""
     sha = {key: sha256_hex(storage.read_bytes(url)) for key, url in files.items()}
-    return Fingerprint(json_digest(sorted(sha.items())), ImageKeys.of(sha, sha.values()))
+    return Fingerprint(json_digest(sorted(sha.items())), ImageKeys.of(sha.items()))
 
 
 def read_image(url: str) -> np.ndarray:

@@ -30,7 +30,6 @@ from pipeline.core.layout import (
     ExportLayout,
     RunLayout,
 )
-from pipeline.core.lineage import Lineage
 from pipeline.core.progress import ProgressReporter
 from pipeline.errors import ExportError
 from pipeline.export.card import render_card
@@ -41,6 +40,7 @@ from pipeline.export.manifest import (
     SourceRun,
 )
 from pipeline.gate.verdicts import VERDICT_COLUMNS, GateResult, load_gate
+from pipeline.generate.lineage import sample_lineage
 from pipeline.generate.shards import (
     RANDOM_WEIGHTS_WARNING,
     hf_metadata,
@@ -94,7 +94,8 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     plan = _RunPlan(layout, gate, _shard_urls(layout))
     samples = accepted = duplicates = 0
     schemas, models = [], set()
-    kept: dict[str, list] = {name: [] for name in _LINEAGE_COLUMNS}
+    donors: list[tuple[str | None, str | None]] = []  # (donor_id, the library it names) of each exported row
+    hosts: list[tuple[str, str]] = []  # (source_frame, source_sha256)
     random_weights, config, run_id = False, {}, ""
     for url in plan.shard_urls:
         with shard_footer(url) as footer:
@@ -123,16 +124,17 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
             seen.add(sample_id)
             rows.append(row)
             plan.rejected_kept += not accepted_here
-            for name in _LINEAGE_COLUMNS:
-                kept[name].append(columns.column(name)[row].as_py() if name in columns.column_names else None)
+            value = {name: columns.column(name)[row].as_py() if name in columns.column_names else None
+                     for name in _LINEAGE_COLUMNS}
+            donors.append((value["donor_id"], (engine or {}).get("donors")))
+            hosts.append((value["source_frame"] or "", value["source_sha256"] or ""))
         samples += len(ids)
         plan.keep.append(rows)
     if random_weights:
         log.warning("%s: %s", run_dir, RANDOM_WEIGHTS_WARNING)
     plan.schema = pa.unify_schemas(schemas, promote_options="permissive")
-    lineage = Lineage.of_samples(kept["donor_id"], [f for f in kept["source_frame"] if f],
-                                 [s for s in kept["source_sha256"] if s])
-    if not options.include_rejected:  # the gate chose these rows: what it measured them against matters
+    lineage = sample_lineage(donors, hosts)
+    if lineage is not None and not options.include_rejected:  # the gate chose these rows: what judged them matters
         lineage = None if gate.metrics.lineage is None else lineage | gate.metrics.lineage
     plan.summary = SourceRun(
         run_dir=layout.root, run_id=run_id, samples=samples, accepted=accepted,

@@ -212,8 +212,8 @@ def build_reference(images: str, extractor: Extractor, masks: str | None = None,
         extractor=extractor.name, images=len(pictures), crops=len(crops), negatives=negative_count,
         settings=settings,
     )
-    lineage = Lineage(reference=ImageKeys.of([pair.id for pair in pairs], image_sha),
-                      negatives=ImageKeys.of(negative_ids, negative_sha), gated=True)
+    lineage = Lineage(reference=ImageKeys.of(zip([pair.id for pair in pairs], image_sha)),
+                      negatives=ImageKeys.of(zip(negative_ids, negative_sha)), gated=True)
     return Reference(identity, image_features, crop_features, probe, nearest_k, lineage)
 
 

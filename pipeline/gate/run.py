@@ -24,6 +24,7 @@ from pipeline.core import parquet, storage
 from pipeline.core.images import decode_image, resize_image
 from pipeline.core.labelled import split_digest
 from pipeline.core.layout import ReferenceLayout, RunLayout
+from pipeline.core.lineage import Lineage
 from pipeline.errors import FrameCatalogError, GateError
 from pipeline.executors.base import Executor, RunContext
 from pipeline.gate import checks, metrics
@@ -41,6 +42,7 @@ from pipeline.generate.composite import repaint_region
 from pipeline.generate.manifest import RunManifest
 from pipeline.generate.shards import made_with_random_weights, read_shard, shard_footer
 from pipeline.plan.frames import load_frame
+from pipeline.segmenter.model import read_record
 
 log = logging.getLogger(__name__)
 
@@ -240,17 +242,31 @@ def check_source(reference: Reference, settings: GateReferenceConfig) -> None:
                         "a new gate.reference.path")
 
 
-def _shard_kid(reference: Reference, run: RunFeatures, index: int) -> tuple[float | None, float | None]:
-    """KID (± std) of a shard's label crops against the reference's lesion crops (whole images when it
-    has none); None for a shard of one sample, which has no KID: its samples are judged one by one."""
-    rows = (run.shard_indices == index) & np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
-    if reference.crops is not None:
-        return metrics.kid(reference.crops, run.crop_features[rows])
-    return metrics.kid(reference.images, run.features[rows])
+def shard_kids(reference: Reference, run: RunFeatures) -> dict[int, tuple[float | None, float | None]]:
+    """Per shard, the KID (± std) of its label crops against the reference's lesion crops (whole
+    images when it has none); None for a shard of one sample, which has no KID (the `shard_kid`
+    check does not apply to its samples)."""
+    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
+    out = {}
+    for index in np.unique(run.shard_indices).tolist():
+        rows = (run.shard_indices == index) & finite
+        out[index] = (metrics.kid(reference.crops, run.crop_features[rows]) if reference.crops is not None
+                      else metrics.kid(reference.images, run.features[rows]))
+    return out
+
+
+def per_sample(kids: dict[int, tuple[float | None, float | None]], run: RunFeatures) -> np.ndarray:
+    """The `shard_kid` score of each sample: its shard's KID (NaN where there is none)."""
+    return np.array([np.nan if kids[i][0] is None else kids[i][0] for i in run.shard_indices.tolist()], np.float64)
 
 
 def usable_bounds(gate: GateConfig, reference: Reference) -> None:
-    """A check that is on but could score no sample at all is a setting to fix, not a run to reject."""
+    """A check that is on but could score no sample at all is a setting to fix, not a run to reject;
+    so is a name in `gate.unscored_allowed` that names no check."""
+    unknown = sorted(set(gate.unscored_allowed) - {spec.reason for spec in checks.CHECKS})
+    if unknown:
+        raise GateError(f"gate.unscored_allowed: {', '.join(unknown)} is no check (the checks: "
+                        f"{', '.join(spec.reason for spec in checks.CHECKS)})")
     if gate.lesion_score_min is not None and reference.probe is None and "no_lesion" not in gate.unscored_allowed:
         raise GateError(f"gate.lesion_score_min is {gate.lesion_score_min}, but the reference {gate.reference.path} has "
                         "no lesion probe (built without negatives): rebuild it with gate.reference.negatives, or set "
@@ -321,9 +337,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
              sum(r.cached for r in report.results))
 
     run = _read_features(layout, gate.extractor, shards)
-    kids = {index: _shard_kid(reference, run, index) for index in shards}
-    shard_kid = np.array([np.nan if kids[i][0] is None else kids[i][0] for i in run.shard_indices], np.float64)
-    scores = {**run.pixel_scores, **feature_scores(reference, run), "shard_kid": shard_kid}
+    kids = shard_kids(reference, run)
+    scores = {**run.pixel_scores, **feature_scores(reference, run), "shard_kid": per_sample(kids, run)}
     reasons = checks.judge(scores, gate, len(run.sample_ids))
 
     shard_verdicts = []
@@ -354,7 +369,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts),
         shards=shard_verdicts, random_weights=random_weights,
         bounds=gate.model_dump(mode="json", exclude={"reference"}),
-        lineage=reference.lineage, notes=[label_note] if label_note else [],
+        lineage=gate_lineage(reference, gate), notes=[label_note] if label_note else [],
     )
     parquet.write(layout.verdicts, verdict_table(run.sample_ids, run.shard_indices, accepted, reasons, scores),
                   {"run_id": run_id, "plan_digest": plan_digest, "reference": reference.identity.digest})
@@ -364,6 +379,17 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     outcome = GateOutcome(gate_metrics, run_dir)
     log.info(outcome.line())
     return outcome
+
+
+def gate_lineage(reference: Reference, gate: GateConfig) -> Lineage | None:
+    """The real images that judged the samples: the reference's images and probe negatives, and with a
+    label check, those its segmenter was trained and calibrated on (None where one is not recorded)."""
+    if reference.lineage is None:
+        return None
+    if gate.segmenter is None:
+        return reference.lineage
+    images = read_record(gate.segmenter).images
+    return None if images is None else reference.lineage | Lineage(segmenter=images, gated=True)
 
 
 def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:

@@ -5,17 +5,22 @@ few normal ones. The part of a labelled frame away from its polyp is a real fram
 light, lumen, field-of-view border and overlays) with no polyp in it: on such frames transplanted
 polyps score close to real (BENCHMARKS.md), where 256² mucosa close-ups are held back by their framing.
 Cut them from a *training* split only: a test frame's surroundings must not reach training data.
+`cut_from.json` beside the frames says which labelled frame (id and SHA-256) each was cut from, so
+an experiment can refuse a synthetic set painted on an evaluation frame's surroundings.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.core import storage
+from pipeline.core.digests import sha256_hex
 from pipeline.core.images import encode_png
 from pipeline.core.labelled import labelled_pairs, read_pair
+from pipeline.core.layout import CUT_SOURCES_FILE
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
 
@@ -67,7 +72,7 @@ def cut_polyp_free_frames(images: str, masks: str, out: str, split: str | None =
                           rule: StripRule = StripRule()) -> CutSummary:
     """Write `<id>.png` under `out` for every labelled frame (of `split`) with a polyp-free strip."""
     pairs = labelled_pairs(images, masks, split, FrameCatalogError)
-    shares = []
+    shares, cut_from = [], {}
     for pair in progress_bar(pairs, "cutting polyp-free frames", total=len(pairs), unit="frames"):
         frame = read_pair(pair, FrameCatalogError)
         strip = polyp_free_strip(frame.label, rule)
@@ -75,7 +80,9 @@ def cut_polyp_free_frames(images: str, masks: str, out: str, split: str | None =
             continue
         x0, y0, x1, y1 = strip
         storage.write_bytes_atomic(storage.join(out, f"{pair.id}.png"), encode_png(frame.rgb[y0:y1, x0:x1]))
+        cut_from[f"{pair.id}.png"] = {"id": pair.id, "sha256": sha256_hex(frame.data)}
         shares.append((x1 - x0) * (y1 - y0) / frame.label.size)
+    storage.write_bytes_atomic(storage.join(out, CUT_SOURCES_FILE), json.dumps(cut_from, indent=1).encode())
     if not shares:
         raise FrameCatalogError(f"{masks}: no frame of the {len(pairs)} has a polyp-free strip of at least "
                                 f"{rule.min_side} px a side and {100 * rule.min_share:.0f}% of the frame")

@@ -31,8 +31,9 @@ from monai.metrics import (
 )
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
-SIZE_BINS = (("small", 0.0, 0.02), ("medium", 0.02, 0.08), ("large", 0.08, 1.0))
-"""Lesion size classes by the label's area fraction a: small a < 2 %, medium 2 % ≤ a < 8 %, large a ≥ 8 %."""
+SIZE_BINS = (("small", 0.0, 0.02, "<2%"), ("medium", 0.02, 0.08, "2–8%"), ("large", 0.08, 1.0, ">8%"))
+"""Lesion sizes by the label's area fraction a: a < 2 %, 2 % ≤ a < 8 %, a ≥ 8 % (name, low, high, label).
+Tables show the labels: these are shares of the frame, not the prompt bank's clinical size classes."""
 MISS_IOU = 0.1
 """An image whose prediction overlaps its label with IoU below this is a missed lesion."""
 FALSE_POSITIVE_AREA = 0.001
@@ -83,7 +84,12 @@ def mean_metrics(items: list[ImageMetrics]) -> dict[str, float]:
 
 def size_bin(area: float) -> str:
     """The size class of a label covering `area` of its frame (`SIZE_BINS`, which tile [0, 1])."""
-    return next((name for name, _, high in SIZE_BINS if area < high), SIZE_BINS[-1][0])
+    return next((name for name, _, high, _ in SIZE_BINS if area < high), SIZE_BINS[-1][0])
+
+
+def has_lesion(item: ImageMetrics) -> bool:
+    """Whether the image's label shows a polyp (a labelled set may hold polyp-free frames)."""
+    return item.area > 0
 
 
 def missed(item: ImageMetrics) -> bool:
@@ -107,18 +113,11 @@ def bin_figures(items: list[ImageMetrics]) -> BinFigures:
                       float(np.mean([missed(i) for i in items])))
 
 
-def by_bin(per_image: Mapping[str, ImageMetrics], bins: Mapping[str, str]) -> dict[str, BinFigures]:
-    """Figures per bin name, for images whose bin `bins[id]` gives (every bin that occurs, sorted)."""
-    groups: dict[str, list[ImageMetrics]] = {}
-    for key, item in per_image.items():
-        groups.setdefault(bins[key], []).append(item)
-    return {name: bin_figures(items) for name, items in sorted(groups.items())}
-
-
 def by_size(per_image: Mapping[str, ImageMetrics]) -> dict[str, BinFigures]:
-    """Figures per size class, every class listed (n = 0 where the set has none)."""
-    groups = {name: [item for item in per_image.values() if size_bin(item.area) == name] for name, _, _ in SIZE_BINS}
-    return {name: bin_figures(items) for name, items in groups.items()}
+    """Figures per lesion size, every size listed (n = 0 where the set has none); polyp-free frames
+    are in none (they have no lesion to size, find or miss)."""
+    lesions = [item for item in per_image.values() if has_lesion(item)]
+    return {name: bin_figures([item for item in lesions if size_bin(item.area) == name]) for name, *_ in SIZE_BINS}
 
 
 def largest_region(prediction: np.ndarray) -> float:

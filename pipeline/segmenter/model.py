@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.core.backbones import LITE_NAMES, lite_state_dict, timm_architecture
+from pipeline.core.lineage import ImageKeys
 from pipeline.errors import PolypSynthError, TrainError, validation_summary
 
 DEFAULT_ENCODER = "efficientnet-lite0"
@@ -83,7 +84,7 @@ class TrainRecord(BaseModel):
     encoder: str
     size: int
     seed: int
-    epochs: int
+    epochs: int  # epochs begun (the last batch may reach into one more)
     steps: int  # optimizer steps, each a full batch
     samples_seen: int = 0  # steps × batch_size (0 in checkpoints made before it was recorded)
     batch_size: int
@@ -98,6 +99,7 @@ class TrainRecord(BaseModel):
     device: str
     pipeline_version: str
     holdout: HoldoutRecord | None = None  # with `train --holdout`
+    images: ImageKeys | None = None  # every real image it trained or was calibrated on (SHA-256 → id)
 
 
 def save_checkpoint(model: torch.nn.Module, record: TrainRecord, path: str | Path) -> Path:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.core import parquet, storage
-from pipeline.core.digests import digest
+from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.images import resize_image, resize_mask
 from pipeline.core.labelled import binary_label, labelled_pairs
 from pipeline.core.layout import RunLayout
@@ -56,7 +56,7 @@ def write_gated_run(root: str, pairs: list[tuple[Path, Path]], run_id: str, size
         rows.append({
             "sample_id": digest(f"{run_id}/{image_path.stem}", 32), "plan_index": index,
             "shard_index": index // shard_size, "seed": index, "source_frame": str(image_path),
-            "source_sha256": "0" * 64, "prompt": "a polyp", "negative_prompt": "", "attributes": {"size": "small"},
+            "source_sha256": sha256_hex(image_path.read_bytes()), "prompt": "a polyp", "negative_prompt": "", "attributes": {"size": "small"},
             "mask_params": "{}", "image": resize_image(image, (size, size)), "mask": resize_mask(mask, (size, size)),
             "engine": {"model": "kvasir-seg (real images)", "random_weights": random_weights},
             "run_id": run_id, "pipeline_version": __version__,

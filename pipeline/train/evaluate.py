@@ -27,6 +27,7 @@ from pipeline.segmenter.metrics import (
     ImageMetrics,
     by_size,
     false_positive,
+    has_lesion,
     largest_region,
     mean_metrics,
     missed,
@@ -85,8 +86,9 @@ def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: 
             per_image[ref.sample_id] = segment_metrics(predict(model, image, size, device), mask > 0)
             progress.update()
     items = list(per_image.values())
-    return SetReport(text, len(items), mean_metrics(items), float(np.mean([missed(i) for i in items])),
-                     by_size(per_image), per_image)
+    lesions = [item for item in items if has_lesion(item)]
+    miss_rate = float(np.mean([missed(i) for i in lesions])) if lesions else float("nan")
+    return SetReport(text, len(items), mean_metrics(items), miss_rate, by_size(per_image), per_image)
 
 
 def evaluate_negatives(model: torch.nn.Module, size: int, device: torch.device, text: str) -> NegativesReport:
@@ -114,7 +116,7 @@ def report_table(reports: list[SetReport | NegativesReport], title: str):
     """A rich table of each set's means, miss rate and Dice per lesion size; false-positive rates."""
     from rich.table import Table
 
-    sizes = [name for name, _, _ in SIZE_BINS]
+    sizes = [name for name, *_ in SIZE_BINS]
     table = Table(title=title)
     for column in ("data", "n", *METRICS, "miss rate", *(f"dice {s}" for s in sizes), "FP rate"):
         table.add_column(column, justify="left" if column == "data" else "right")

@@ -77,8 +77,8 @@ def trials(spec: ExperimentSpec, n_real: int) -> list[Trial]:
     steps; real only for as many steps as each ratio takes at equal epochs (the compute control)."""
     settings = spec.settings
 
-    def steps_at(ratio: float) -> int:
-        return steps_for(settings.epochs, n_real, ratio, settings.batch_size)
+    def steps_at(ratio: float) -> int:  # as a synthetic arm at this ratio trains at equal epochs
+        return steps_for(settings.epochs, n_real, ratio, settings.batch_size, synthetic_available=len(spec.synthetic))
 
     out = []
     for seed in range(spec.seeds):
@@ -145,7 +145,7 @@ def _prepare(spec: ExperimentSpec) -> _Data:
     prints = {name: fingerprint(refs) for name, refs in synthetic.items()}
     for name, source in spec.synthetic.items():
         check_synthetic(SyntheticSet(name, source, prints[name].keys, lineage(source, synthetic[name])), evaluation,
-                        {ref.sample_id for ref in real} if spec.real_n is not None else None)
+                        real_print.keys if spec.real_n is not None else None)
     identity = spec.digest({"real": real_print.digest, "evals": [p.digest for p in evals],
                             "negatives": [p.digest for p in negatives],
                             "synthetic": {name: p.digest for name, p in prints.items()}})

@@ -7,6 +7,7 @@ reference images and its probe's negatives). Each is checked against every evalu
 labelled sets and the polyp-free frames), by id and by file content (`core.lineage`), and any
 overlap is one line naming the path and the images. Beyond leakage, with `--real-n` a synthetic set's
 donors must come from the trial's own real images: otherwise a gain would measure extra real data.
+A synthetic set whose provenance is unknown cannot be checked, so it is refused too.
 """
 
 from __future__ import annotations
@@ -42,20 +43,22 @@ def check_real(real: ImageKeys, evaluation: ImageKeys, real_spec: str) -> None:
                          f"({_named(shared)}); train and evaluate on disjoint splits")
 
 
-def check_synthetic(synthetic: SyntheticSet, evaluation: ImageKeys, real_ids: set[str] | None) -> None:
-    """Refuse a synthetic set that an evaluation image reached, or (with `real_ids`, the trial's real
+def check_synthetic(synthetic: SyntheticSet, evaluation: ImageKeys, real: ImageKeys | None) -> None:
+    """Refuse a synthetic set that an evaluation image reached, or (with `real`, the trial's real
     images under --real-n) whose donors are other real images."""
     where = f"synthetic set {synthetic.name} ({synthetic.source})"
     shared = synthetic.keys.shared_with(evaluation)
     if shared:
         raise TrainError(f"{where}: {len(shared)} of its samples are evaluation images ({_named(shared)})")
     if synthetic.lineage is None:
-        raise TrainError(f"{where}: its export does not record which real images it was made from and "
-                         "gated against; gate its runs and export them again with this version")
+        raise TrainError(f"{where}: which real images it was made from and judged with is not known (a plain "
+                         "folder, Parquet without provenance columns, an export's files without its manifest, "
+                         "an export made by an older version, or a donor library that moved): give the export's "
+                         "folder, the run or its shards")
     for path, images in synthetic.lineage.overlaps(evaluation).items():
         raise TrainError(f"{where}: {path} include {len(images)} evaluation images ({_named(images)}); "
-                         "make it from training images only, and gate it against a reference without them")
-    outside = sorted(set(synthetic.lineage.donors.ids) - real_ids) if real_ids is not None else []
+                         "make it from training images only, and judge it with a reference and segmenter without them")
+    outside = synthetic.lineage.donors.outside(real) if real is not None else []
     if outside:
         raise TrainError(f"{where}: {len(outside)} donor images are not among the trial's real images "
                          f"({_named(outside)}); build its donors from the same --real-n subset")

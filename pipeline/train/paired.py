@@ -1,10 +1,11 @@
 """Paired comparisons of two experiment arms over the same seeds.
 
-Two arms trained with the same seed share the decoder's initial weights, the real pairs' epoch orders
-and the augmentation draws, so most of what makes one seed differ from another cancels in their
-difference: d_s = arm_s − control_s. The claim is about the mean difference d̄ with its 95 % t
-interval d̄ ± t(0.975, n−1) · s_d / √n (scipy's paired t-test), and no claim is made when the
-interval covers 0.
+Two arms trained with the same seed share the decoder's initial weights, the order in which each
+epoch visits the real pairs and each pair's augmentation in each epoch (`data.dataset`), so much of
+what makes one seed differ from another cancels in their difference: d_s = arm_s − control_s (the
+batches still differ: synthetic pairs fill some of their places). The claim is about the mean
+difference d̄ with its 95 % t interval d̄ ± t(0.975, n−1) · s_d / √n (scipy's paired t-test); no
+claim is made when the interval covers 0, nor with fewer than `MIN_SEEDS` seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
 Verdict = Literal["better", "worse", "no claim"]
+MIN_SEEDS = 5
+"""Fewer paired seeds than this make no claim, whatever the interval (two seeds that happen to move
+alike give a zero-width interval)."""
 
 
 class Difference(BaseModel):
@@ -31,7 +35,9 @@ class Difference(BaseModel):
     high: float
 
     def verdict(self, higher_is_better: bool = True) -> Verdict:
-        """`better` or `worse` only when the interval excludes 0."""
+        """`better` or `worse` only when the interval excludes 0, over at least `MIN_SEEDS` seeds."""
+        if self.n < MIN_SEEDS:
+            return "no claim"
         if self.low > 0:
             return "better" if higher_is_better else "worse"
         if self.high < 0:

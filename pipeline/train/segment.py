@@ -29,7 +29,7 @@ from pipeline import __version__
 from pipeline.core.devices import resolve_device
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.dataset import TrainBatches, synthetic_count, train_transform
-from pipeline.data.sources import PairRef, read_pairs
+from pipeline.data.sources import PairRef, fingerprint, read_pairs
 from pipeline.errors import DataError, TrainError
 from pipeline.segmenter.metrics import segment_metrics
 from pipeline.segmenter.model import (
@@ -70,7 +70,7 @@ BATCH_RULE = ("every step is a full batch at the arm's real:synthetic ratio (± 
 """The budget rule, as the experiment's table states it."""
 
 
-def steps_for(epochs: int, real: int, ratio: float, batch_size: int, synthetic_available: int = 1) -> int:
+def steps_for(epochs: int, real: int, ratio: float, batch_size: int, synthetic_available: int) -> int:
     """Optimizer steps of `epochs` passes over `real` pairs plus round(ratio · real) synthetic ones an
     epoch: ⌈epochs · (real + synthetic) / batch_size⌉ (full batches only)."""
     per_epoch = real + synthetic_count(real, ratio, synthetic_available)
@@ -99,9 +99,10 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
     with `holdout` (real pairs it never saw), record its IoU on them in the checkpoint."""
     if not real:
         raise TrainError("no real training pairs")
-    seen = {ref.sample_id for ref in real} & {ref.sample_id for ref in holdout}
+    real_keys, holdout_keys = fingerprint(real).keys, fingerprint(list(holdout)).keys
+    seen = holdout_keys.shared_with(real_keys)
     if seen:
-        raise TrainError(f"--holdout {holdout_spec}: {len(seen)} of its images are training images (e.g. {min(seen)})")
+        raise TrainError(f"--holdout {holdout_spec}: {len(seen)} of its images are training images (e.g. {seen[0]})")
     if settings.ratio > 0 and not synthetic:
         raise TrainError(f"--ratio {settings.ratio} needs --synthetic data")
     device = resolve_device(settings.device, "--device", TrainError)
@@ -147,5 +148,6 @@ def train(real: list[PairRef], settings: TrainSettings, out: str | Path, synthet
         synthetic_samples=data.synthetic_per_epoch, epoch_losses=epoch_losses,
         seconds=round(time.monotonic() - start, 1), device=str(device), pipeline_version=__version__,
         holdout=holdout_record(model, list(holdout), holdout_spec, settings.size, device) if holdout else None,
+        images=real_keys | holdout_keys,
     )
     return TrainResult(save_checkpoint(model.cpu(), record, out), record)

@@ -20,15 +20,15 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.core import storage
 from pipeline.core.layout import ExperimentLayout
 from pipeline.segmenter.metrics import SIZE_BINS
-from pipeline.train.paired import Difference, Verdict, paired_difference
+from pipeline.train.paired import MIN_SEEDS, Difference, Verdict, paired_difference
 from pipeline.train.segment import BATCH_RULE
 from pipeline.train.trial import TrialResult
 
 REAL_ONLY = "real only"
-LOWER_IS_BETTER = {"hd95", "miss_rate", "fp_rate", *(f"miss_{name}" for name, _, _ in SIZE_BINS)}
-COMPARED = ("dice", "iou", "hd95", *(f"dice_{name}" for name, _, _ in SIZE_BINS), "miss_rate", "fp_rate")
+LOWER_IS_BETTER = {"hd95", "miss_rate", "fp_rate", *(f"miss_{name}" for name, *_ in SIZE_BINS)}
+COMPARED = ("dice", "iou", "hd95", *(f"dice_{name}" for name, *_ in SIZE_BINS), "miss_rate", "fp_rate")
 """Figures the paired differences are given for (those an evaluation set has)."""
-_SIZE_LABELS = {"small": "<2%", "medium": "2–8%", "large": ">8%"}
+_SIZE_LABELS = {name: label for name, _, _, label in SIZE_BINS}
 
 
 class _Model(BaseModel):
@@ -183,9 +183,9 @@ def summary_markdown(summary: Summary) -> str:
     lines = [f"Budget rule: {summary.rule}.", ""]
     for data in summary.sets:
         labelled = "dice" in summary.arms[0].metrics[data]
-        figures = [f for f in (("dice", "iou", "hd95", *(f"dice_{n}" for n, _, _ in SIZE_BINS), "miss_rate")
+        figures = [f for f in (("dice", "iou", "hd95", *(f"dice_{n}" for n, *_ in SIZE_BINS), "miss_rate")
                                if labelled else ("fp_rate",))]
-        sizes = {n: summary.arms[0].metrics[data].get(f"n_{n}") for n, _, _ in SIZE_BINS} if labelled else {}
+        sizes = {n: summary.arms[0].metrics[data].get(f"n_{n}") for n, *_ in SIZE_BINS} if labelled else {}
         counts = ", ".join(f"{_SIZE_LABELS[n]}: {int(s.mean)}" for n, s in sizes.items() if s and s.mean is not None)
         lines += [f"## {data}" + (f" (images by lesion size: {counts})" if counts else ""), ""]
         lines += ["| arm | seeds | steps | samples seen | " + " | ".join(_figure_label(f) for f in figures) + " |",
@@ -197,7 +197,8 @@ def summary_markdown(summary: Summary) -> str:
                        key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]))
         if pairs:
             lines += ["", "Paired differences, arm − control on the same seed: mean [95 % CI]; **bold**: the "
-                      "interval excludes 0.", "",
+                      f"interval excludes 0 over at least {MIN_SEEDS} seeds. Each interval is for its own comparison: "
+                      f"of the {len(pairs) * len(figures)} here, about 1 in 20 would exclude 0 by chance alone.", "",
                       "| arm | control | " + " | ".join(_figure_label(f) for f in figures) + " |",
                       "|" + " --- |" * (2 + len(figures))]
             index = {(c.arm, c.control, c.figure): c for c in summary.comparisons if c.data == data}
@@ -260,7 +261,8 @@ def _dice_panel(ax, summary: Summary, data: str) -> None:
 
 
 def _difference_panel(ax, summary: Summary, data: str) -> None:
-    figures = (("dice", "Dice", "tab:blue"), ("dice_small", "Dice <2%", "tab:orange"))
+    small = SIZE_BINS[0]
+    figures = (("dice", "Dice", "tab:blue"), (f"dice_{small[0]}", f"Dice {small[3]}", "tab:orange"))
     rows = sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == "dice"},
                   key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]), reverse=True)
     if not rows:

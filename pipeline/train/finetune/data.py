@@ -62,12 +62,13 @@ def find_pairs(images: str, masks: str) -> dict[str, tuple[str, str]]:
     return {pair.id: (pair.image, pair.mask) for pair in labelled_pairs(images, masks, None, DataError)}
 
 
-def read_ids(path: str, field: str, known: dict[str, tuple[str, str]]) -> list[str]:
+def read_ids(path: str, field: str, known: dict[str, tuple[str, str]], images: str) -> list[str]:
     """The ids listed in a split file; each must name a pair."""
     ids = read_split(path, DataError)
     for value in ids:
         if value not in known:
-            raise DataError(f"{field}: {path} lists {value!r}, which has no image/mask pair")
+            raise DataError(f"{field}: {path} lists {value!r}, but {storage.join(images, value)}.* (with its mask) "
+                            "is not there")
     return ids
 
 
@@ -77,8 +78,8 @@ def split_ids(config: FinetuneConfig, pairs: dict[str, tuple[str, str]]) -> tupl
     Without `validation.split`, validation draws from the pairs outside the training split, or, with
     no training split either, holds out the last `validation.count` pairs."""
     data, count = config.data, config.validation.count
-    given = read_ids(config.validation.split, "validation.split", pairs) if config.validation.split else None
-    listed = read_ids(data.split, "data.split", pairs) if data.split else list(pairs)
+    given = read_ids(config.validation.split, "validation.split", pairs, data.images) if config.validation.split else None
+    listed = read_ids(data.split, "data.split", pairs, data.images) if data.split else list(pairs)
     train = [i for i in listed if i not in set(given or ())]
     if given is not None:
         held_out = given
