@@ -131,8 +131,9 @@ def _compare(arm: tuple[str, list[TrialResult]], control: tuple[str, list[TrialR
 def summarise(results: list[TrialResult]) -> Summary:
     grouped = _arms(results)
     arms = []
+    order = {"epochs": 0, "compute": 1, "steps": 2}  # real only, then its compute controls, then each set's arms
     for (name, ratio, budget), members in sorted(grouped.items(), key=lambda kv: (
-            kv[0][0] != REAL_ONLY, kv[0][2] != "compute", kv[0][0], kv[0][2], kv[0][1])):
+            kv[0][0] != REAL_ONLY, kv[0][0], order[kv[0][2]], kv[0][1])):
         sets = members[0].metrics
         arms.append(Arm(
             synthetic=name, ratio=ratio, budget=budget, seeds=sorted(m.trial.seed for m in members),
