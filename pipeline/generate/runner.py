@@ -99,7 +99,7 @@ def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
                              "use another run_id or output, or delete that run")
         changed = stale_inputs(plan.meta, config)
         if plan.meta.engine_inputs != engine_inputs(config):
-            changed.append(f"the engine's inputs changed (donor library {getattr(config.engine, 'donors', '')})")
+            changed.append(f"the donor library {getattr(config.engine, 'donors', '')} changed")
         if changed:
             raise ShardError(f"{run_dir}: {changed[0]} since this run was planned: its samples would not be "
                              "what its plan says; use another run_id, or delete that run to plan again")
