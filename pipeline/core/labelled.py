@@ -39,6 +39,8 @@ def files_by_id(folder: str, error: type[PolypSynthError], what: str = "image") 
     """id (file stem) -> URL of the image files directly in `folder`; two files of one id are an error."""
     if not storage.exists(folder):
         raise error(f"{folder}: no such {what} folder")
+    if not storage.is_folder(folder):
+        raise error(f"{folder}: not a folder (a file is in its place); give the {what} folder")
     files: dict[str, str] = {}
     for name in storage.list_names(folder):
         path = PurePosixPath(name)

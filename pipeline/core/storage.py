@@ -89,6 +89,11 @@ def remove(url: str) -> None:
         fs.rm(path)
 
 
+def is_folder(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.isdir(path)
+
+
 def list_names(url: str) -> list[str]:
     """File names directly under a directory URL (empty when it does not exist)."""
     fs, path = filesystem(url)
