@@ -7,6 +7,7 @@ CLIP ViT-L and OpenCLIP ViT-bigG text encoders, the 8x VAE), loaded by the engin
 `from_pretrained` path as the real checkpoint.
 
     python bench/build_sdxl_random.py /tmp/sdxl-random            # on a GPU: built there in seconds
+    python bench/build_sdxl_random.py /tmp/sdxl --vae-out /tmp/vae # and a separate VAE (engine.vae)
     python bench/build_sdxl_random.py --count-only                 # parameter counts, no memory used
 """
 
@@ -55,15 +56,24 @@ def vae() -> AutoencoderKL:
     )
 
 
-def build(out_dir: Path, dtype: torch.dtype, device: str) -> Path:
-    with tempfile.TemporaryDirectory() as tmp, torch.device(device):
-        tokenizer = local_tokenizer(Path(tmp) / "tokenizer")
-        encoder, encoder_2 = text_encoders(49408)
-        pipe = StableDiffusionXLInpaintPipeline(
-            vae=vae(), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-            unet=unet(), scheduler=sdxl_scheduler(), add_watermarker=False,
-        ).to(dtype)
-        pipe.save_pretrained(out_dir, safe_serialization=True)
+def build(out_dir: Path, dtype: torch.dtype, device: str, vae_out: Path | None = None) -> Path:
+    """Save the pipeline to `out_dir` (and, with `vae_out`, a separate VAE folder as the fp16-fix
+    VAE is used). Parameters are made in `dtype` directly: half the memory of fp32 then a cast."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, torch.device(device):
+            tokenizer = local_tokenizer(Path(tmp) / "tokenizer")
+            encoder, encoder_2 = text_encoders(49408)
+            pipe = StableDiffusionXLInpaintPipeline(
+                vae=vae(), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+                unet=unet(), scheduler=sdxl_scheduler(), add_watermarker=False,
+            )
+            pipe.save_pretrained(out_dir, safe_serialization=True)
+            if vae_out is not None:
+                vae().save_pretrained(vae_out, safe_serialization=True)
+    finally:
+        torch.set_default_dtype(default)
     return out_dir
 
 
@@ -71,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", type=Path)
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    parser.add_argument("--vae-out", type=Path, help="also save a separate VAE folder here (for `engine.vae`)")
     parser.add_argument("--count-only", action="store_true", help="print parameter counts (meta device)")
     args = parser.parse_args()
     if args.count_only:
@@ -80,7 +91,7 @@ def main() -> None:
                 print(f"{name:<15} {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters")
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(build(args.out_dir, getattr(torch, args.dtype), device))
+    print(build(args.out_dir, getattr(torch, args.dtype), device, args.vae_out))
 
 
 if __name__ == "__main__":

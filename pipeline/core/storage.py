@@ -95,8 +95,10 @@ def is_folder(url: str) -> bool:
 
 
 def list_names(url: str) -> list[str]:
-    """File names directly under a directory URL (empty when it does not exist)."""
+    """File names directly under a directory URL (empty when it does not exist), as they are now:
+    other processes write there (s3fs would otherwise answer from its listing cache)."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         return []
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False))

@@ -3,7 +3,9 @@
 Actors load the model once and write shards straight to the output location; only small
 `ShardResult`s travel back. The driver keeps at most one shard in flight per actor, so nothing
 queues behind a dead actor, and every wait has a timeout. An actor that dies (OOM-kill, node loss,
-`ray.kill`) is replaced and its shard retried elsewhere, up to `executor.shard_retries` times.
+`ray.kill`) is dropped and its shard retried elsewhere, up to `executor.shard_retries` times; the
+pool follows the cluster's GPUs as they are now, so a lost node's actors are not waited for and a
+node that joins mid-run gets actors of its own.
 
 Resources are reserved explicitly (`num_gpus`, fractional `num_cpus`) so that on a small machine
 the actors never hold every CPU and starve the tasks Ray itself needs.
@@ -11,6 +13,7 @@ the actors never hold every CPU and starve the tasks Ray itself needs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -53,9 +56,10 @@ class ShardActor:
             self.error = exc
 
     def ready(self) -> str:
+        """The node it runs on, as progress lines name it: its address and the start of Ray's node id."""
         if self.error is not None:
             raise self.error
-        return f"{ray.util.get_node_ip_address()} pid {os.getpid()}"
+        return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:6]}"
 
     def run(self, shard_index: int, rows: list[dict[str, Any]]) -> Any:
         # Replacement actors are not awaited through `ready`: report their load error, not a missing `worker`.
@@ -114,17 +118,29 @@ def worker_count(config: ExecutorConfig, gpus_available: float, shards: int) -> 
 
 @dataclass
 class _Slot:
-    """One actor and the shard it is working on."""
+    """One actor, where it runs, and the shard it is working on."""
 
     name: str
     actor: Any
+    starting: Any  # the actor's `ready` call until it answers, then None
+    node: str = "?"
     shard: int | None = None
     ref: Any = None
     since: float = 0.0
-    status: str = "starting"
+
+    @property
+    def status(self) -> str:
+        where = f"{self.name}@{self.node}"
+        if self.starting is not None:
+            return f"{where}:starting"
+        return f"{where}:shard {self.shard}" if self.shard is not None else f"{where}:idle"
 
 
 class RayExecutor:
+    """Keeps one actor per GPU the cluster has *now*: a lost node's actors are dropped and its shards
+    retried on the survivors; a node that joins (or an actor that dies) makes room for a new actor,
+    which takes work once it has loaded its engine."""
+
     def __init__(self, description: str = "generating"):
         self.description = description
 
@@ -132,106 +148,124 @@ class RayExecutor:
                 factory: WorkerFactory) -> ExecutionReport:
         settings = context.config.executor
         connect(settings.address, settings.connect_timeout_s)
-        gpus = ray.cluster_resources().get("GPU", 0.0)
-        num_gpus = settings.num_gpus_per_worker if gpus else 0.0
-        count = worker_count(settings, gpus, len(work))
-        actor_class = ray.remote(num_gpus=num_gpus, num_cpus=settings.num_cpus_per_worker,
-                                 max_restarts=0, max_concurrency=1)(ShardActor)
-        log.info("starting %d worker(s) with %g GPU and %g CPU each", count, num_gpus, settings.num_cpus_per_worker)
+        num_gpus = settings.num_gpus_per_worker if ray.cluster_resources().get("GPU", 0.0) else 0.0
+        # SPREAD: with fewer actors than GPUs they still land on different nodes, so losing one node
+        # costs the fewest shards in flight and host CPUs (decoding, writing) are shared out.
+        actor_class = ray.remote(num_gpus=num_gpus, num_cpus=settings.num_cpus_per_worker, max_restarts=0,
+                                 max_concurrency=1, scheduling_strategy="SPREAD")(ShardActor)
+        log.info("starting %d worker(s) with %g GPU and %g CPU each", worker_count(settings, num_gpus and
+                 ray.cluster_resources().get("GPU", 0.0), len(work)), num_gpus, settings.num_cpus_per_worker)
+        slots: list[_Slot] = []
+        numbers = itertools.count()
 
-        def spawn(i: int) -> _Slot:
+        def spawn() -> None:
             # Named (run, stage, driver, index) so operators and tests can find a run's workers; the
             # stage keeps a gate's actors clear of the names of generate's, which Ray frees lazily.
-            name = f"{context.run_id}/{self.description}/{os.getpid()}/w{i}"
+            index = next(numbers)
+            name = f"{context.run_id}/{self.description}/{os.getpid()}/w{index}"
             actor = actor_class.options(name=name, namespace=NAMESPACE).remote(factory, context)
-            return _Slot(f"w{i}", actor)
+            slots.append(_Slot(f"w{index}", actor, actor.ready.remote()))
 
-        slots = [spawn(i) for i in range(count)]
         try:
-            return self._run(work, settings, slots, spawn)
+            return self._run(work, settings, num_gpus, slots, spawn)
         finally:  # also on a timeout or Ctrl-C: no actor keeps its GPU after the driver gives up
             for slot in slots:
                 ray.kill(slot.actor)
 
-    def _run(self, work: dict[int, list[dict[str, Any]]], settings: ExecutorConfig, slots: list[_Slot],
-             spawn: Callable[[int], _Slot]) -> ExecutionReport:
-        """Schedule shards on `slots` (replaced in place when an actor dies) until all are done or given up."""
-        self._wait_ready(slots)
+    def _run(self, work: dict[int, list[dict[str, Any]]], settings: ExecutorConfig, num_gpus: float,
+             slots: list[_Slot], spawn: Callable[[], None]) -> ExecutionReport:
+        """Schedule shards on `slots` until all are done or given up; `slots` grows and shrinks with the cluster."""
         report = ExecutionReport()
         queue = list(work)
         attempts = {index: 0 for index in work}
         samples = sum(len(rows) for rows in work.values())
-        spawned = len(slots)
         timeout = settings.timeout_s
+        failed_starts = 0
+        last_ready = time.monotonic()  # when some actor was last able to take work
 
         def status() -> str:
             finished = len(report.results) + len(report.failures)
-            return f"shards {finished}/{len(work)} | " + " ".join(f"{s.name}:{s.status}" for s in slots)
+            return f"shards {finished}/{len(work)} | " + " ".join(slot.status for slot in slots)
+
+        def retry_or_give_up(index: int, error: str, where: str) -> None:
+            attempts[index] += 1
+            log.warning("shard %d failed on worker %s (attempt %d): %s", index, where, attempts[index], error)
+            if attempts[index] > settings.shard_retries:
+                report.failures.append(ShardFailure(index, error))
+                progress.update(len(work[index]), extra=status())
+            else:
+                queue.append(index)
 
         with ProgressReporter(self.description, total=samples, unit="samples") as progress:
             while queue or any(slot.shard is not None for slot in slots):
+                gpus = ray.cluster_resources().get("GPU", 0.0) if num_gpus else 0.0
+                in_flight = sum(slot.shard is not None for slot in slots)
+                for _ in range(worker_count(settings, gpus, len(queue) + in_flight) - len(slots)):
+                    spawn()
                 for slot in slots:
-                    if slot.shard is None and queue:
+                    if slot.starting is None and slot.shard is None and queue:
                         slot.shard = queue.pop(0)
                         slot.ref = slot.actor.run.remote(slot.shard, work[slot.shard])
-                        slot.since, slot.status = time.monotonic(), f"shard {slot.shard}"
-                busy = [slot for slot in slots if slot.shard is not None]
-                done, _ = ray.wait([slot.ref for slot in busy], num_returns=1, timeout=min(timeout, 10.0))
+                        slot.since = time.monotonic()
+                waiting = {slot.starting if slot.starting is not None else slot.ref: slot
+                           for slot in slots if slot.starting is not None or slot.shard is not None}
+                done, _ = ray.wait(list(waiting), num_returns=1, timeout=min(timeout, 10.0))
                 now = time.monotonic()
-                for slot in busy:
-                    if slot.ref not in done:
+                for ref, slot in waiting.items():
+                    if slot.starting is not None:
+                        if ref in done:
+                            failed_starts += self._started(slot, slots)
+                            if failed_starts > len(work) + settings.shard_retries:
+                                raise ExecutorError(f"workers keep dying as they start (last: {slot.name}); "
+                                                    "see the Ray logs of the nodes")
+                        continue
+                    if ref not in done:
                         if now - slot.since > timeout:
                             raise ExecutorError(
-                                f"worker {slot.name} produced nothing for shard {slot.shard} in {timeout:.0f}s "
-                                "(executor.timeout_s); is the cluster short of GPUs or the model stuck?"
-                            )
+                                f"worker {slot.name} on node {slot.node} produced nothing for shard {slot.shard} "
+                                f"in {timeout:.0f}s (executor.timeout_s); is the model stuck?")
                         continue
                     index, slot.shard = slot.shard, None
                     try:
-                        result = ray.get(slot.ref, timeout=60)
-                    except RayError as exc:  # task error, actor death, lost object, timeout
-                        slot.status = "idle"
-                        error = _describe(exc)
-                        attempts[index] += 1
-                        log.warning("shard %d failed on worker %s (attempt %d): %s", index, slot.name,
-                                    attempts[index], error)
-                        if attempts[index] > settings.shard_retries:
-                            report.failures.append(ShardFailure(index, error))
-                            progress.update(len(work[index]), extra=status())
-                        else:
-                            queue.append(index)
-                        if isinstance(exc, RayActorError):
-                            replacement = spawn(spawned)
-                            spawned += 1
-                            log.warning("worker %s died; replacing it with %s", slot.name, replacement.name)
+                        result = ray.get(ref, timeout=60)
+                    except RayError as exc:  # task error, actor death (node lost, OOM-kill), lost object
+                        retry_or_give_up(index, _describe(exc), f"{slot.name}@{slot.node}")
+                        if isinstance(exc, RayActorError):  # its place is taken by a new actor next round
+                            log.warning("worker %s on node %s died; replacing it", slot.name, slot.node)
                             ray.kill(slot.actor)
-                            slots[slots.index(slot)] = replacement
+                            slots.remove(slot)
                         continue
                     report.results.append(result)
-                    slot.status = "idle"
+                    log.info("shard %d done by %s@%s", index, slot.name, slot.node)
                     progress.update(len(work[index]), extra=status())
+                if any(slot.starting is None for slot in slots):
+                    last_ready = now
+                elif now - last_ready > ACTOR_START_TIMEOUT_S:
+                    raise ExecutorError(
+                        f"no worker could start within {ACTOR_START_TIMEOUT_S:.0f}s: the cluster lacks the requested "
+                        "resources (executor.num_gpus_per_worker / num_cpus_per_worker) or the model failed to load")
         return report
 
     @staticmethod
-    def _wait_ready(slots: list[_Slot]) -> None:
-        refs = {slot.actor.ready.remote(): slot for slot in slots}
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
-        if pending:
-            names = ", ".join(refs[ref].name for ref in pending)
-            raise ExecutorError(
-                f"workers {names} did not start within {ACTOR_START_TIMEOUT_S:.0f}s: the cluster lacks the "
-                "requested resources (executor.num_gpus_per_worker / num_cpus_per_worker) or the model failed to load"
-            )
-        for ref in ready:
-            try:
-                refs[ref].status = f"ready on {ray.get(ref)}"
-            except RayTaskError as exc:
-                if isinstance(exc.cause, PolypSynthError):
-                    raise exc.cause from None
-                raise ExecutorError(f"worker {refs[ref].name} failed to start: {_describe(exc)}") from None
-            except RayActorError as exc:
-                raise ExecutorError(f"worker {refs[ref].name} failed to start: {_describe(exc)}") from None
-            log.info("worker %s %s", refs[ref].name, refs[ref].status)
+    def _started(slot: _Slot, slots: list[_Slot]) -> int:
+        """Record that `slot`'s actor answered `ready`; 1 if it died instead (it is dropped), else 0.
+
+        A user error while loading (bad model path…) stops the run: every other actor would hit it too.
+        """
+        try:
+            slot.node = ray.get(slot.starting, timeout=60)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, PolypSynthError):
+                raise exc.cause from None
+            raise ExecutorError(f"worker {slot.name} failed to start: {_describe(exc)}") from None
+        except RayError as exc:
+            log.warning("worker %s died while starting (%s); replacing it", slot.name, _describe(exc))
+            ray.kill(slot.actor)
+            slots.remove(slot)
+            return 1
+        slot.starting = None
+        log.info("worker %s ready on node %s", slot.name, slot.node)
+        return 0
 
 
 def _describe(exc: Exception) -> str:

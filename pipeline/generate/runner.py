@@ -135,6 +135,8 @@ def run_generate(config: JobConfig, executor: Executor, n: int | None = None,
                          attributes_type=plan.attributes_type, frame_axes=plan.frame_axes)
     work = {index: plan.shard_rows(index) for index in todo}
     report = executor.execute(work, context, factory) if todo else ExecutionReport()
+    if storage.remove_stale_temps(layout.shard_dir):  # a worker lost mid-write (its shard was redone elsewhere)
+        log.info("removed temp files left by workers that died mid-write")
     for result in report.results:
         done[result.info.shard_index] = result.info
     summary = RunSummary(

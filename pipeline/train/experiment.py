@@ -194,6 +194,15 @@ def _one_after_another(spec: ExperimentSpec, todo: list[Trial], real: list[PairR
         yield run_trial(spec, trial, real, synthetic)
 
 
+def _trial_on_a_node(spec: ExperimentSpec, trial: Trial, real: list[PairRef],
+                     synthetic: dict[str, list[PairRef]]) -> TrialResult:
+    """`run_trial` as a Ray task: the result names the node that ran it."""
+    import ray
+
+    return run_trial(spec, trial, real, synthetic).model_copy(
+        update={"node": ray.get_runtime_context().get_node_id()})
+
+
 def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
             synthetic: dict[str, list[PairRef]]) -> Iterator[TrialResult]:
     """One Ray task per trial, a GPU each where the cluster has GPUs (else a CPU), results as they
@@ -204,7 +213,8 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
 
     connect(spec.ray_address)
     gpus = ray.cluster_resources().get("GPU", 0)
-    task = ray.remote(num_gpus=1, num_cpus=1)(run_trial) if gpus else ray.remote(num_cpus=1)(run_trial)
+    # max_retries: a trial whose node is lost runs again elsewhere (trials are seeded: the same result)
+    task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=2)(_trial_on_a_node)
     pending = {task.remote(spec, trial, real, synthetic): trial for trial in todo}
     log.info("%d trials submitted to Ray (%s per trial)", len(pending), "a GPU" if gpus else "a CPU")
     try:
@@ -218,7 +228,7 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
                 raise ExecutorError(f"experiment trial {trial.key} failed on Ray: {str(exc).splitlines()[0]}") from None
-            log.info("trial %s done (%d left)", trial.key, len(pending))
+            log.info("trial %s done on node %s (%d left)", trial.key, result.node[:6], len(pending))
             yield result
     finally:  # a failure, a timeout or Ctrl-C: no trial keeps its GPU after the driver gives up
         for ref in pending:

@@ -36,4 +36,5 @@ class TrialResult(BaseModel):
     samples_seen: int
     epochs: int
     seconds: float
+    node: str = ""  # the Ray node that ran it ("" in-process)
     metrics: dict[str, dict[str, float | None]]  # eval set → figure → value (`SetReport.figures`)
