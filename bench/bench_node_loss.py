@@ -12,6 +12,7 @@ lost, partial files, retries and wall time, for a local output and an S3 one (mo
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -36,6 +37,7 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     host, port = s3.get_host_and_port()
@@ -54,11 +56,13 @@ def main() -> None:
             command = [str(BIN / "polyp-synth"), "run", str(ROOT / "jobs/smoke.yaml"), "--out", out,
                        "--executor", "ray", "--set", f"frames.source={shared_data() / 'normal-mucosa'}",
                        "--set", f"engine.model={model}", "--set", f"samples={args.samples}",
-                       "--set", f"shard_size={args.shard_size}"]
+                       "--set", f"shard_size={args.shard_size}", "--set", "engine.resolution=256",
+                       "--set", "engine.steps=8"]  # about a second a shard on this CPU model
             env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1"}
             run_dir = storage.join(out, "smoke")
             loss = lose_a_node_then_the_driver(cluster, command, env, run_dir, logs, args.lose_after)
         held = account(run_dir)
+        assert not loss.finished, "the first driver finished before it was killed: give it more samples"
         retries = len(FAILED_ON.findall(loss.first_log + loss.second_log))
         joined_work = DONE_BY.findall(loss.second_log).count(loss.joined[:6])
         rows.append(f"| {where} | {held.asked} | {held.written} | {held.duplicated} | {held.lost} | "

@@ -86,7 +86,7 @@ def sample_flops(unet_config, vae_config, side: int, guided: bool = True) -> Sam
 
 def full_size_configs():
     """The configs of SDXL inpainting's UNet and VAE (`build_sdxl_random.py`'s shapes)."""
-    from build_sdxl_random import unet, vae
+    from pipeline.tools.sdxl_shapes import unet, vae
 
     with torch.device("meta"):
         return unet().config, vae().config

@@ -12,6 +12,13 @@ from pipeline.errors import ConfigError
 def cmd_preview(args: argparse.Namespace) -> int:
     from pipeline.tools import preview
 
+    if args.gpu_memory:
+        from pipeline.tools.memory_plan import memory_table, parse_memory
+
+        if not args.config:
+            raise ConfigError("--gpu-memory plans a job's batch: give --config JOB.yaml")
+        print(memory_table(load_config(args.config, list(args.set or [])), parse_memory(args.gpu_memory)))
+        return 0
     if args.config:
         config = load_config(args.config, list(args.set or []))
         preview.plan_sheet(config, args.n, args.out, args.windows)
@@ -49,6 +56,8 @@ def register(add: AddCommand) -> None:
     job_arguments(p, "how many samples to draw", "PNG to write")
     p.set_defaults(n=16, out="preview.png")
     p.add_argument("--windows", action="store_true", help="also draw the square the model paints (or painted) each sample in")
+    p.add_argument("--gpu-memory", metavar="AMOUNT", help="instead of a sheet, the largest generation batch per working "
+                   "resolution on a GPU of AMOUNT (e.g. 80GiB), counted on fake tensors")
 
     p = add("build-tiny-model", cmd_build_tiny_model, "write a small random SDXL inpainting pipeline")
     p.add_argument("dir", nargs="?")
