@@ -19,11 +19,16 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core import storage
-from pipeline.testing.cluster import DONE_BY, FAILED_ON, SimulatedCluster, account, lose_a_node_then_the_driver
-from pipeline.testing.data import shared_data
+from pipeline.testing.cluster import (
+    DONE_BY,
+    FAILED_ON,
+    SimulatedCluster,
+    account,
+    lose_a_node_then_the_driver,
+    smoke_job,
+)
 from pipeline.tools.tiny_model import build_tiny_model
 
-ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -53,11 +58,9 @@ def main() -> None:
         logs = work / f"logs-{where}"
         logs.mkdir()
         with SimulatedCluster(gpu_nodes=args.nodes, gpus_per_node=2) as cluster:
-            command = [str(BIN / "polyp-synth"), "run", str(ROOT / "jobs/smoke.yaml"), "--out", out,
-                       "--executor", "ray", "--set", f"frames.source={shared_data() / 'normal-mucosa'}",
-                       "--set", f"engine.model={model}", "--set", f"samples={args.samples}",
-                       "--set", f"shard_size={args.shard_size}", "--set", "engine.resolution=256",
-                       "--set", "engine.steps=8"]  # about a second a shard on this CPU model
+            command = [str(BIN / "polyp-synth"), *smoke_job(
+                out, model, samples=args.samples, shard_size=args.shard_size,
+                **{"engine.resolution": 256, "engine.steps": 8})]  # about a second a shard on this CPU model
             env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1"}
             run_dir = storage.join(out, "smoke")
             loss = lose_a_node_then_the_driver(cluster, command, env, run_dir, logs, args.lose_after)

@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.testing.cluster import set_args
+from pipeline.testing.data import shared_data
+
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 
@@ -57,7 +60,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     model, vae = work / f"sdxl-random-{dtype}", work / f"vae-{dtype}"
-    data = ROOT.parent / "shared" / "data"
+    data = shared_data()
     rows = []
 
     if not (model / "model_index.json").exists():
@@ -67,7 +70,7 @@ def main() -> None:
 
     finetune = work / "finetune"
     wall, rss = child([str(BIN / "polyp-synth"), "finetune", str(ROOT / "jobs/finetune.yaml"),
-                       *sets({"output": finetune, "engine.model": model, "engine.resolution": args.resolution,
+                       *set_args({"output": finetune, "engine.model": model, "engine.resolution": args.resolution,
                               "engine.dtype": dtype, "data.images": data / "kvasir-seg/images",
                               "data.masks": data / "kvasir-seg/masks", "data.split": data / "kvasir-seg/splits/train.txt",
                               "data.limit": 4, "train.steps": 1, "train.batch_size": 1, "train.lr_warmup_steps": 0,
@@ -79,7 +82,7 @@ def main() -> None:
     runs = work / "runs"
     wall, rss = child([str(BIN / "polyp-synth"), "run", str(ROOT / "jobs/smoke.yaml"), "--out", str(runs),
                        "--executor", "local",
-                       *sets({"run_id": f"full-size-{time.strftime('%H%M%S')}", "samples": 2, "shard_size": 2,
+                       *set_args({"run_id": f"full-size-{time.strftime('%H%M%S')}", "samples": 2, "shard_size": 2,
                               "frames.source": data / "normal-mucosa", "engine.model": model, "engine.vae": vae,
                               "engine.lora": lora, "engine.scheduler": "lcm", "engine.region": "crop",
                               "engine.resolution": args.resolution, "engine.output_resolution": "null",
@@ -94,10 +97,6 @@ def main() -> None:
     print("| step | wall s | peak RSS GiB | detail |\n| --- | --- | --- | --- |")
     for name, wall, rss, detail in rows:
         print(f"| {name} | {wall:.0f} | {rss:.1f} | {detail} |")
-
-
-def sets(settings: dict[str, object]) -> list[str]:
-    return [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
 
 
 if __name__ == "__main__":

@@ -20,28 +20,23 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionXLInpaintPipeline
 
-from pipeline.tools.sdxl_shapes import text_encoders, unet, vae
+from pipeline.tools.sdxl_shapes import parameters_in, text_encoders, unet, vae
 from pipeline.tools.tiny_model import local_tokenizer, sdxl_scheduler
 
 
 def build(out_dir: Path, dtype: torch.dtype, device: str, vae_out: Path | None = None) -> Path:
     """Save the pipeline to `out_dir` (and, with `vae_out`, a separate VAE folder as the fp16-fix
-    VAE is used). Parameters are made in `dtype` directly: half the memory of fp32 then a cast."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with tempfile.TemporaryDirectory() as tmp, torch.device(device):
-            tokenizer = local_tokenizer(Path(tmp) / "tokenizer")
-            encoder, encoder_2 = text_encoders()
-            pipe = StableDiffusionXLInpaintPipeline(
-                vae=vae(), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-                unet=unet(), scheduler=sdxl_scheduler(), add_watermarker=False,
-            )
-            pipe.save_pretrained(out_dir, safe_serialization=True)
-            if vae_out is not None:
-                vae().save_pretrained(vae_out, safe_serialization=True)
-    finally:
-        torch.set_default_dtype(default)
+    VAE is used). Parameters are made in `dtype` directly."""
+    with parameters_in(dtype), tempfile.TemporaryDirectory() as tmp, torch.device(device):
+        tokenizer = local_tokenizer(Path(tmp) / "tokenizer")
+        encoder, encoder_2 = text_encoders()
+        pipe = StableDiffusionXLInpaintPipeline(
+            vae=vae(), text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+            unet=unet(), scheduler=sdxl_scheduler(), add_watermarker=False,
+        )
+        pipe.save_pretrained(out_dir, safe_serialization=True)
+        if vae_out is not None:
+            vae().save_pretrained(vae_out, safe_serialization=True)
     return out_dir
 
 

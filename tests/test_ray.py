@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -20,8 +19,7 @@ import pytest
 
 from pipeline.core.images import decode_image
 from pipeline.core.layout import SHARD_DIR
-from pipeline.core.storage import TEMP_PREFIX
-from pipeline.plan.plan import Plan
+from pipeline.testing.cluster import account, smoke_job
 from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
@@ -63,21 +61,11 @@ def cli(*args, address, env_extra=None):
 
 
 def job_args(out, model, job=str(ROOT / "jobs/smoke.yaml"), **overrides):
-    settings = {"frames.source": str(DATA / "normal-mucosa"), "engine.model": str(model), **overrides}
-    return ["run", job, "--out", str(out), "--executor", "ray",
-            *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]
-
-
-def all_ids(run_dir):
-    return [i for p in sorted((Path(run_dir) / SHARD_DIR).glob("*.parquet"))
-            for i in pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist()]
+    return smoke_job(out, model, job, **overrides)
 
 
 def assert_exactly_once(run_dir):
-    planned = Plan.read(str(run_dir)).table.column("sample_id").to_pylist()
-    counts = Counter(all_ids(run_dir))
-    assert set(counts) == set(planned) and max(counts.values()) == 1
-    assert not list(Path(run_dir).rglob(f"{TEMP_PREFIX}*"))
+    assert account(str(run_dir)).exactly_once
     assert (Path(run_dir) / "_SUCCESS").exists()
 
 

@@ -23,6 +23,7 @@ from pipeline.testing.cluster import (
     SimulatedCluster,
     account,
     lose_a_node_then_the_driver,
+    smoke_job,
 )
 from pipeline.testing.data import shared_data
 
@@ -38,10 +39,7 @@ def gpu_cluster(s3_server):  # the S3 settings first: the nodes' workers inherit
 
 
 def command(out, model, samples, shard_size=2, **settings):
-    settings = {"frames.source": str(DATA / "normal-mucosa"), "engine.model": str(model), "samples": samples,
-                "shard_size": shard_size, **settings}
-    return [str(BIN / "polyp-synth"), "run", str(ROOT / "jobs/smoke.yaml"), "--out", str(out), "--executor", "ray",
-            *[x for k, v in settings.items() for x in ("--set", f"{k}={v}")]]
+    return [str(BIN / "polyp-synth"), *smoke_job(out, model, samples=samples, shard_size=shard_size, **settings)]
 
 
 def environment(cluster):

@@ -39,6 +39,7 @@ from pipeline.executors.base import (
 log = logging.getLogger(__name__)
 
 NAMESPACE = "polyp-synth"
+CLUSTER_CHECK_S = 5.0  # how often the pool is sized to the cluster's GPUs
 ACTOR_START_TIMEOUT_S = 900.0  # loading SDXL from a cold cache on a busy node can take minutes
 
 
@@ -148,13 +149,13 @@ class RayExecutor:
                 factory: WorkerFactory) -> ExecutionReport:
         settings = context.config.executor
         connect(settings.address, settings.connect_timeout_s)
-        num_gpus = settings.num_gpus_per_worker if ray.cluster_resources().get("GPU", 0.0) else 0.0
+        num_gpus = settings.num_gpus_per_worker if _cluster_gpus() else 0.0
         # SPREAD: with fewer actors than GPUs they still land on different nodes, so losing one node
         # costs the fewest shards in flight and host CPUs (decoding, writing) are shared out.
         actor_class = ray.remote(num_gpus=num_gpus, num_cpus=settings.num_cpus_per_worker, max_restarts=0,
                                  max_concurrency=1, scheduling_strategy="SPREAD")(ShardActor)
         log.info("starting %d worker(s) with %g GPU and %g CPU each", worker_count(settings, num_gpus and
-                 ray.cluster_resources().get("GPU", 0.0), len(work)), num_gpus, settings.num_cpus_per_worker)
+                 _cluster_gpus(), len(work)), num_gpus, settings.num_cpus_per_worker)
         slots: list[_Slot] = []
         numbers = itertools.count()
 
@@ -182,6 +183,7 @@ class RayExecutor:
         timeout = settings.timeout_s
         failed_starts = 0
         last_ready = time.monotonic()  # when some actor was last able to take work
+        gpus, checked = (_cluster_gpus() if num_gpus else 0.0), time.monotonic()
 
         def status() -> str:
             finished = len(report.results) + len(report.failures)
@@ -198,7 +200,8 @@ class RayExecutor:
 
         with ProgressReporter(self.description, total=samples, unit="samples") as progress:
             while queue or any(slot.shard is not None for slot in slots):
-                gpus = ray.cluster_resources().get("GPU", 0.0) if num_gpus else 0.0
+                if num_gpus and time.monotonic() - checked > CLUSTER_CHECK_S:  # a GCS call: not every shard
+                    gpus, checked = _cluster_gpus(), time.monotonic()
                 in_flight = sum(slot.shard is not None for slot in slots)
                 for _ in range(worker_count(settings, gpus, len(queue) + in_flight) - len(slots)):
                     spawn()
@@ -266,6 +269,11 @@ class RayExecutor:
         slot.starting = None
         log.info("worker %s ready on node %s", slot.name, slot.node)
         return 0
+
+
+def _cluster_gpus() -> float:
+    """GPUs of the nodes alive now (a lost node's leave, a joining node's count)."""
+    return ray.cluster_resources().get("GPU", 0.0)
 
 
 def _describe(exc: Exception) -> str:

@@ -105,6 +105,23 @@ def account(run_dir: str) -> SampleAccount:
                          temp_files=sum(name.startswith(TEMP_PREFIX) for name in names))
 
 
+SMOKE_JOB = Path(__file__).parents[2] / "jobs" / "smoke.yaml"
+
+
+def set_args(settings: dict[str, object]) -> list[str]:
+    """`--set key=value` for each setting, as the CLI takes them."""
+    return [x for key, value in settings.items() for x in ("--set", f"{key}={value}")]
+
+
+def smoke_job(out: str, model: object, job: object = SMOKE_JOB, **settings: object) -> list[str]:
+    """`run JOB --out OUT --executor ray` on the tiny model and the shared mucosa frames, plus `settings`
+    (the arguments after `polyp-synth`)."""
+    from pipeline.testing.data import shared_data
+
+    return ["run", str(job), "--out", str(out), "--executor", "ray",
+            *set_args({"frames.source": shared_data() / "normal-mucosa", "engine.model": model, **settings})]
+
+
 READY = re.compile(r"worker (w\d+) ready on node [^/\s]+/(\w+)")  # the Ray executor's log lines
 DONE_BY = re.compile(r"shard \d+ done by w\d+@[^/\s]+/(\w+)")
 FAILED_ON = re.compile(r"shard \d+ failed on worker w\d+@[^/\s]+/(\w+)")

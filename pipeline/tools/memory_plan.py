@@ -120,27 +120,24 @@ def footprint(engine: EngineConfig, resolution: int) -> tuple[Footprint, str]:
     """What the engine needs at `resolution` (GPU dtype: `engine.dtype`, `auto` is bfloat16)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from pipeline.tools.sdxl_shapes import parameters_in
+
     dtype = torch.bfloat16 if engine.dtype == "auto" else DTYPES[engine.dtype]
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with FakeTensorMode():
-            (unet, vae, *encoders), source = _modules(engine)
-            weights = sum(p.numel() * p.element_size() for m in (unet, vae, *encoders) for p in m.parameters())
-            rows = 2 if engine.guidance_scale > 1 else 1  # classifier-free guidance doubles the UNet's batch
-            side = resolution // 8
-            context = torch.randn(rows, 77, unet.config.cross_attention_dim)
-            c = unet.config  # SDXL's added conditioning: pooled text embedding, then 6 time ids embedded
-            pooled = (c.projection_class_embeddings_input_dim or 0) - 6 * (c.addition_time_embed_dim or 0)
-            added = {"text_embeds": torch.randn(rows, pooled), "time_ids": torch.randn(rows, 6)}
-            latents = torch.randn(rows, unet.config.in_channels, side, side)
-            steps = _peak_activations(unet, lambda: unet(latents, torch.tensor([500] * rows), encoder_hidden_states=context,
-                                                         added_cond_kwargs=added if unet.config.addition_embed_type else None))
-            image = torch.randn(1, 3, resolution, resolution)
-            encode = _peak_activations(vae, lambda: vae.encode(image))
-            decode = _peak_activations(vae, lambda: vae.decode(torch.randn(1, vae.config.latent_channels, side, side)))
-    finally:
-        torch.set_default_dtype(default)
+    with parameters_in(dtype), FakeTensorMode():
+        (unet, vae, *encoders), source = _modules(engine)
+        weights = sum(p.numel() * p.element_size() for m in (unet, vae, *encoders) for p in m.parameters())
+        rows = 2 if engine.guidance_scale > 1 else 1  # classifier-free guidance doubles the UNet's batch
+        side = resolution // 8
+        context = torch.randn(rows, 77, unet.config.cross_attention_dim)
+        c = unet.config  # SDXL's added conditioning: pooled text embedding, then 6 time ids embedded
+        pooled = (c.projection_class_embeddings_input_dim or 0) - 6 * (c.addition_time_embed_dim or 0)
+        added = {"text_embeds": torch.randn(rows, pooled), "time_ids": torch.randn(rows, 6)}
+        latents = torch.randn(rows, unet.config.in_channels, side, side)
+        steps = _peak_activations(unet, lambda: unet(latents, torch.tensor([500] * rows), encoder_hidden_states=context,
+                                                     added_cond_kwargs=added if unet.config.addition_embed_type else None))
+        image = torch.randn(1, 3, resolution, resolution)
+        encode = _peak_activations(vae, lambda: vae.encode(image))
+        decode = _peak_activations(vae, lambda: vae.decode(torch.randn(1, vae.config.latent_channels, side, side)))
     return Footprint(resolution, weights + _lora_bytes(engine), steps, encode, decode), source
 
 
