@@ -57,3 +57,42 @@ def test_preview_prints_the_plan_of_a_job(tiny_model_dir, capsys):
     assert done.value.code == 0
     table = capsys.readouterr().out
     assert "| 32² |" in table and "| 64² |" in table and "largest batch" in table
+
+
+def test_a_malformed_amount_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="--gpu-memory: '1.2.3GiB'"):
+        parse_memory("1.2.3GiB")
+    assert parse_memory(".5GiB") == GIB // 2
+
+
+def finetune_config(tiny_model_dir, **train):
+    from pipeline.train.finetune.config import FinetuneConfig
+
+    return FinetuneConfig.model_validate({"engine": {"model": str(tiny_model_dir), "resolution": 64},
+                                          "data": {"images": "unused", "masks": "unused"}, "train": train})
+
+
+def test_fine_tuning_counts_lora_state_and_what_backward_keeps(tiny_model_dir):
+    from diffusers import UNet2DConditionModel
+
+    from pipeline.tools.memory_plan import training_footprint
+
+    checkpointed, source = training_footprint(finetune_config(tiny_model_dir))
+    whole, _ = training_footprint(finetune_config(tiny_model_dir, gradient_checkpointing=False))
+    eight_bit, _ = training_footprint(finetune_config(tiny_model_dir, optimizer="adamw8bit"))
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(tiny_model_dir / "unet"))
+    targets = [m for name, m in unet.named_modules() if name.split(".")[-1] in ("to_q", "to_k", "to_v")
+               or name.endswith("to_out.0")]
+    assert checkpointed.lora_parameters == sum(16 * (m.in_features + m.out_features) for m in targets) > 0
+    assert checkpointed.weights - eight_bit.weights == 6 * checkpointed.lora_parameters  # fp32 moments vs 8-bit
+    assert 0 < checkpointed.per_sample < whole.per_sample  # checkpointing keeps block inputs only
+    assert str(tiny_model_dir) in source
+
+
+def test_finetune_prints_its_plan_instead_of_training(tiny_model_dir, capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        main(["finetune", "jobs/finetune.yaml", "--set", f"engine.model={tiny_model_dir}", "--set", "engine.resolution=64",
+              "--out", str(tmp_path / "never"), "--gpu-memory", "2GiB"])
+    assert done.value.code == 0
+    table = capsys.readouterr().out
+    assert "| 64² |" in table and "largest batch" in table and not (tmp_path / "never").exists()

@@ -73,6 +73,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.train.finetune.config import FinetuneConfig
 
     config = job(args, FinetuneConfig)
+    if args.gpu_memory:
+        from pipeline.tools.memory_plan import parse_memory, training_table
+
+        print(training_table(config, parse_memory(args.gpu_memory)))
+        return 0
     if config.executor.kind == "ray":
         from pipeline.train.finetune.distributed import finetune_on_ray
 
@@ -133,3 +138,5 @@ def register(add: AddCommand) -> None:
     p = add("finetune", cmd_finetune, "train a LoRA of the inpainting model on real labelled polyps")
     job_arguments(p, out_help="folder of the fine-tuning run (LoRA, card, checkpoints, sheets)", with_n=False)
     p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind (ray: Ray Train, a worker per GPU)")
+    p.add_argument("--gpu-memory", metavar="AMOUNT", help="instead of training, the largest batch per worker on a GPU "
+                   "of AMOUNT (e.g. 80GiB), counted on fake tensors")

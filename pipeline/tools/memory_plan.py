@@ -1,4 +1,4 @@
-"""The largest generation batch a GPU's memory holds, counted without a GPU.
+"""The largest generation and fine-tuning batch a GPU's memory holds, counted without a GPU.
 
 The job's UNet and VAE are built at full size on fake tensors (shapes and dtypes, no storage, no
 arithmetic); one sample's denoising step (both classifier-free-guidance rows when guidance is on),
@@ -13,10 +13,22 @@ and the largest batch is the largest B with need(B) ≤ memory. Weights are the 
 text encoders and LoRA, in the engine's dtype. It is where a first GPU run starts, not a promise:
 confirm it on the GPU with `bench/bench_sdxl_throughput.py --batch N` (and the engine halves a
 batch that runs out of memory rather than failing the shard).
+
+Fine-tuning (`finetune --gpu-memory`) counts what autograd keeps for the backward pass instead:
+
+    need(B) = weights + lora_state + B · (saved outside checkpointed blocks + 2 · largest block) + reserve,
+    lora_state = LoRA parameters × (4 fp32 + 4 gradient + 8 AdamW moments, or 2 with 8-bit AdamW) bytes
+
+where the saved bytes are those `torch.autograd.graph.saved_tensors_hooks` sees during one example's
+forward; with gradient checkpointing a block keeps only its inputs and is recomputed, one at a time, in
+the backward pass, hence the largest block once. The projections LoRA wraps are made trainable as its
+stand-in (autograd then saves their inputs, as it does for LoRA; LoRA's rank-r intermediates are
+negligible), since peft cannot wrap layers of fake tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +39,7 @@ import torch
 from pipeline.config import TINY_MODEL_ID, EngineConfig, JobConfig
 from pipeline.errors import ConfigError
 from pipeline.generate.loading import DTYPES, local_path, reserved_tiny_model
+from pipeline.train.finetune.config import FinetuneConfig
 
 GIB = 2**30
 RESERVE_BYTES = int(1.5 * GIB)
@@ -35,7 +48,7 @@ RESERVE_SHARE = 0.10
 
 def parse_memory(text: str) -> int:
     """`80GiB`, `80GB`, `24 GiB`, `81920MiB` → bytes; a bare number is GiB."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*(GiB|GB|MiB|MB|G|M)?\s*", text)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(GiB|GB|MiB|MB|G|M)?\s*", text)
     if not match:
         raise ConfigError(f"--gpu-memory: {text!r}: expected an amount such as 80GiB or 24GB")
     value, unit = float(match.group(1)), (match.group(2) or "GiB")
@@ -43,8 +56,23 @@ def parse_memory(text: str) -> int:
     return int(value * scale)
 
 
+class _Batched:
+    """need(B) = weights + B · per_sample + reserve, and the largest B that fits."""
+
+    weights: int
+    per_sample: int
+
+    def need(self, batch: int, memory: int) -> int:
+        return self.weights + batch * self.per_sample + RESERVE_BYTES + int(RESERVE_SHARE * memory)
+
+    def largest_batch(self, memory: int) -> int:
+        """0 when not even one sample fits."""
+        room = memory - self.need(0, memory)
+        return max(0, room // self.per_sample) if self.per_sample else 0
+
+
 @dataclass(frozen=True)
-class Footprint:
+class Footprint(_Batched):
     """Bytes one engine needs on the GPU at one working resolution."""
 
     resolution: int
@@ -57,13 +85,15 @@ class Footprint:
     def per_sample(self) -> int:
         return max(self.unet, self.vae_encode, self.vae_decode)
 
-    def need(self, batch: int, memory: int) -> int:
-        return self.weights + batch * self.per_sample + RESERVE_BYTES + int(RESERVE_SHARE * memory)
 
-    def largest_batch(self, memory: int) -> int:
-        """0 when not even one sample fits."""
-        room = memory - self.need(0, memory)
-        return max(0, room // self.per_sample) if self.per_sample else 0
+@dataclass(frozen=True)
+class TrainingFootprint(_Batched):
+    """Bytes one fine-tuning worker needs on the GPU: frozen weights, LoRA state, saved activations."""
+
+    resolution: int
+    weights: int  # frozen components in the engine's dtype plus the LoRA state
+    lora_parameters: int
+    per_sample: int  # saved for backward per example (plus the largest recomputed block and its gradients)
 
 
 def _config(folder: Path | None, component: str) -> dict | None:
@@ -116,6 +146,31 @@ def _peak_activations(module: torch.nn.Module, run) -> int:
     return peak.get(_MemRefType.ACT, 0) + peak.get(_MemRefType.TEMP, 0)
 
 
+def _saved_bytes(module: torch.nn.Module) -> tuple[contextlib.AbstractContextManager, dict[int, int]]:
+    """A context under which autograd's saved tensors are counted (distinct storages, not parameters)."""
+    parameters = {p.untyped_storage()._cdata for p in module.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in parameters:
+            seen[storage._cdata] = storage.nbytes()
+        return tensor
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), seen
+
+
+def _unet_inputs(unet: torch.nn.Module, rows: int, resolution: int) -> dict:
+    """A denoising step's inputs at `resolution` (SDXL's added conditioning when the UNet has it)."""
+    c = unet.config  # pooled text embedding, then 6 time ids embedded
+    pooled = (c.projection_class_embeddings_input_dim or 0) - 6 * (c.addition_time_embed_dim or 0)
+    added = {"text_embeds": torch.randn(rows, pooled), "time_ids": torch.randn(rows, 6)}
+    side = resolution // 8
+    return {"sample": torch.randn(rows, c.in_channels, side, side), "timestep": torch.tensor([500] * rows),
+            "encoder_hidden_states": torch.randn(rows, 77, c.cross_attention_dim),
+            "added_cond_kwargs": added if c.addition_embed_type else None}
+
+
 def footprint(engine: EngineConfig, resolution: int) -> tuple[Footprint, str]:
     """What the engine needs at `resolution` (GPU dtype: `engine.dtype`, `auto` is bfloat16)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -127,18 +182,66 @@ def footprint(engine: EngineConfig, resolution: int) -> tuple[Footprint, str]:
         (unet, vae, *encoders), source = _modules(engine)
         weights = sum(p.numel() * p.element_size() for m in (unet, vae, *encoders) for p in m.parameters())
         rows = 2 if engine.guidance_scale > 1 else 1  # classifier-free guidance doubles the UNet's batch
+        inputs = _unet_inputs(unet, rows, resolution)
+        steps = _peak_activations(unet, lambda: unet(**inputs))
         side = resolution // 8
-        context = torch.randn(rows, 77, unet.config.cross_attention_dim)
-        c = unet.config  # SDXL's added conditioning: pooled text embedding, then 6 time ids embedded
-        pooled = (c.projection_class_embeddings_input_dim or 0) - 6 * (c.addition_time_embed_dim or 0)
-        added = {"text_embeds": torch.randn(rows, pooled), "time_ids": torch.randn(rows, 6)}
-        latents = torch.randn(rows, unet.config.in_channels, side, side)
-        steps = _peak_activations(unet, lambda: unet(latents, torch.tensor([500] * rows), encoder_hidden_states=context,
-                                                     added_cond_kwargs=added if unet.config.addition_embed_type else None))
         image = torch.randn(1, 3, resolution, resolution)
         encode = _peak_activations(vae, lambda: vae.encode(image))
         decode = _peak_activations(vae, lambda: vae.decode(torch.randn(1, vae.config.latent_channels, side, side)))
     return Footprint(resolution, weights + _lora_bytes(engine), steps, encode, decode), source
+
+
+def training_footprint(config: FinetuneConfig) -> tuple[TrainingFootprint, str]:
+    """What one fine-tuning worker needs at `engine.resolution` (frozen weights in `engine.dtype`, `auto`
+    is bfloat16 as on a GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pipeline.tools.sdxl_shapes import parameters_in
+
+    engine, train = config.engine, config.train
+    dtype = torch.bfloat16 if engine.dtype == "auto" else DTYPES[engine.dtype]
+    with parameters_in(dtype), FakeTensorMode():
+        (unet, *others), source = _modules(engine)
+        frozen = sum(p.numel() * p.element_size() for m in (unet, *others) for p in m.parameters())
+        unet.requires_grad_(False).train()
+        lora = 0
+        for name, layer in unet.named_modules():
+            if isinstance(layer, torch.nn.Linear) and any(name == t or name.endswith(f".{t}") for t in config.lora.targets):
+                layer.weight.requires_grad_(True)  # LoRA's stand-in
+                lora += config.lora.rank * (layer.in_features + layer.out_features)
+        blocks: list[int] = []
+        if train.gradient_checkpointing:
+            def block(module, *args):  # runs the block, counting what it saves: its recomputation's peak
+                counting, seen = _saved_bytes(module)
+                with counting:
+                    out = module(*args)
+                blocks.append(sum(seen.values()))
+                return out
+
+            unet.enable_gradient_checkpointing(block)
+        counting, seen = _saved_bytes(unet)
+        with counting:
+            unet(**_unet_inputs(unet, 1, engine.resolution))
+    state = 16 if train.optimizer != "adamw8bit" else 10  # fp32 LoRA, gradient, two moments (8-bit: 1 byte each)
+    return TrainingFootprint(engine.resolution, frozen + lora * state, lora,
+                             sum(seen.values()) + 2 * max(blocks, default=0)), source
+
+
+def training_table(config: FinetuneConfig, memory: int) -> str:
+    """A Markdown line of the largest fine-tuning batch per worker on a GPU of `memory` bytes."""
+    fp, source = training_footprint(config)
+    batch = fp.largest_batch(memory)
+    optimizer = "8-bit AdamW" if config.train.optimizer == "adamw8bit" else "AdamW"
+    return "\n".join([
+        f"fine-tuning on a GPU of {memory / GIB:.0f} GiB (engine dtype {config.engine.dtype}, LoRA rank "
+        f"{config.lora.rank}, {optimizer}, gradient checkpointing {'on' if config.train.gradient_checkpointing else 'off'}); "
+        f"reserve {RESERVE_BYTES / GIB:.1f} GiB + {RESERVE_SHARE:.0%} of the GPU", "",
+        "| resolution | weights + LoRA state GiB | LoRA parameters | saved for backward GiB/example | largest batch | need at it GiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {fp.resolution}² | {fp.weights / GIB:.2f} | {fp.lora_parameters / 1e6:.1f} M | {fp.per_sample / GIB:.3f} | "
+        f"{batch} | {fp.need(batch, memory) / GIB:.1f} |", "",
+        f"shapes from {source}; an estimate to start from (train.batch_size is per worker): confirm it on the GPU "
+        "with one step at that batch"])
 
 
 def resolutions(config: JobConfig) -> list[int]:
