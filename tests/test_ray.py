@@ -187,3 +187,35 @@ def test_the_gate_on_ray_decides_what_the_local_gate_decides(cluster, tmp_path):
     assert not accepted[1] and any(accepted)  # the blurred sample is rejected: not a gate waving all through
     ray_metrics = json.loads((tmp_path / "ray" / "gate" / "metrics.json").read_text())
     assert ray_metrics["run"]["kid"] == pytest.approx(local.metrics.run.kid, abs=1e-6)
+
+
+
+BROKEN_DRIVER = """
+import sys, time
+import pyarrow as pa
+from pipeline.config import config_from_dict
+from pipeline.core.layout import RunLayout
+from pipeline.errors import ExecutorError
+from pipeline.executors.base import RunContext
+from pipeline.executors.ray import RayExecutor
+
+def broken(context):
+    raise RuntimeError("CUDA driver version is insufficient")
+
+config = config_from_dict({"frames": {"source": "unused"},
+                           "executor": {"kind": "ray", "address": sys.argv[1], "num_cpus_per_worker": 0.5}})
+started = time.monotonic()
+try:
+    RayExecutor().execute({0: [{}], 1: [{}], 2: [{}]}, RunContext(RunLayout(sys.argv[2]), config, "broken", "d", pa.struct([])), broken)
+except ExecutorError as exc:
+    print(f"stopped after {time.monotonic() - started:.0f}s: {exc}")
+"""
+
+
+def test_a_worker_that_cannot_load_stops_the_run_with_its_cause(cluster, tmp_path):
+    """Not retried on every node until the start budget runs out: the first load error ends the run."""
+    args, env = cli(address=cluster["address"])
+    done = subprocess.run([sys.executable, "-c", BROKEN_DRIVER, cluster["address"], str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "failed to start: RuntimeError: CUDA driver version is insufficient" in done.stdout, done.stderr[-3000:]
+    assert int(done.stdout.split("stopped after ")[1].split("s")[0]) < 120

@@ -48,12 +48,12 @@ class ShardActor:
 
     def __init__(self, factory: WorkerFactory, context: RunContext):
         logsetup.configure()
-        # A user error (bad model path…) is kept and raised by `ready`, so the driver can print it as
-        # it is instead of a bare "actor died".
-        self.error: PolypSynthError | None = None
+        # A load error (a bad model path, a bug) is kept and raised by `ready`, so the driver stops on it
+        # with its cause: a failed constructor would read as "actor died" and be retried on every node.
+        self.error: Exception | None = None
         try:
             self.worker = factory(context)
-        except PolypSynthError as exc:
+        except Exception as exc:
             self.error = exc
 
     def ready(self) -> str:
@@ -63,10 +63,7 @@ class ShardActor:
         return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:6]}"
 
     def run(self, shard_index: int, rows: list[dict[str, Any]]) -> Any:
-        # Replacement actors are not awaited through `ready`: report their load error, not a missing `worker`.
-        if self.error is not None:
-            raise self.error
-        return self.worker.run(shard_index, rows)
+        return self.worker.run(shard_index, rows)  # only called once `ready` answered
 
 
 def _answers(address: str, timeout_s: float) -> bool:
@@ -231,7 +228,10 @@ class RayExecutor:
                     index, slot.shard = slot.shard, None
                     try:
                         result = ray.get(ref, timeout=60)
-                    except RayError as exc:  # task error, actor death (node lost, OOM-kill), lost object
+                    # Task error, actor death (node lost, OOM kill), lost object. An actor that is only
+                    # unreachable (ActorUnavailableError) is killed and replaced too: if it was still
+                    # writing, its shard's rename and the retry's are the same bytes under the same name.
+                    except RayError as exc:
                         retry_or_give_up(index, _describe(exc), f"{slot.name}@{slot.node}")
                         if isinstance(exc, RayActorError):  # its place is taken by a new actor next round
                             log.warning("worker %s on node %s died; replacing it", slot.name, slot.node)
@@ -253,7 +253,8 @@ class RayExecutor:
     def _started(slot: _Slot, slots: list[_Slot]) -> int:
         """Record that `slot`'s actor answered `ready`; 1 if it died instead (it is dropped), else 0.
 
-        A user error while loading (bad model path…) stops the run: every other actor would hit it too.
+        An error while loading (bad model path, a bug) stops the run: every other actor would hit it too.
+        A worker process that dies while loading (a lost node, an OOM kill) is replaced.
         """
         try:
             slot.node = ray.get(slot.starting, timeout=60)

@@ -213,7 +213,8 @@ def _on_ray(spec: ExperimentSpec, todo: list[Trial], real: list[PairRef],
 
     connect(spec.ray_address)
     gpus = ray.cluster_resources().get("GPU", 0)
-    # max_retries: a trial whose node is lost runs again elsewhere (trials are seeded: the same result)
+    # max_retries: a trial whose node or worker dies runs again elsewhere, at most twice (an error of
+    # the trial itself is not retried). The rerun draws the same seeded data, steps and augmentations.
     task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=2)(_trial_on_a_node)
     pending = {task.remote(spec, trial, real, synthetic): trial for trial in todo}
     log.info("%d trials submitted to Ray (%s per trial)", len(pending), "a GPU" if gpus else "a CPU")
