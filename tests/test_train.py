@@ -11,16 +11,16 @@ import torch
 
 from pipeline.cli import main
 from pipeline.core.backbones import lite_state_dict
+from pipeline.core.lesion_bins import position_bin, size_bin
 from pipeline.data.dataset import PairStream, collate
 from pipeline.data.sources import resolve
 from pipeline.errors import TrainError
 from pipeline.segmenter.metrics import (
     BinFigures,
-    by_size,
+    by_bins,
     false_positive,
     largest_region,
     segment_metrics,
-    size_bin,
 )
 from pipeline.segmenter.model import build_unet, load_checkpoint, read_record
 from pipeline.segmenter.predict import eval_transform
@@ -103,8 +103,15 @@ def test_sizes_misses_and_false_positives():
     label = np.zeros((100, 100), bool)
     label[:10, :10] = True  # 1 % of the frame: small
     hit, miss = segment_metrics(label, label), segment_metrics(np.roll(label, 50, axis=0), label)
-    sizes = by_size({"hit": hit, "miss": miss})
+    bins = by_bins({"hit": hit, "miss": miss}, {"hit": {"paris": "0-Is"}, "miss": {"paris": "0-IIa"}})
+    sizes = bins["size"]
     assert sizes["small"] == BinFigures(2, 0.5, 0.5, 0.5) and sizes["large"].n == 0 and sizes["large"].dice is None
+    # the corner square sits on the periphery (r ≈ 1.27), rolled half a frame down it still does (r ≈ 0.9)
+    assert bins["position"]["periphery"] == BinFigures(2, 0.5, 0.5, 0.5) and bins["position"]["centre"].n == 0
+    assert bins["paris"] == {"0-IIa": BinFigures(1, 0.0, 0.0, 1.0), "0-Is": BinFigures(1, 1.0, 1.0, 0.0)}
+    middle = np.zeros((100, 100), bool)
+    middle[45:55, 40:50] = True
+    assert position_bin(segment_metrics(middle, middle).radius) == "centre"
     speck = np.zeros((100, 100), bool)
     speck[5, 5] = True  # one pixel, and a 3×3 blob: 9 of 10,000 pixels
     speck[50:53, 50:53] = True
@@ -148,7 +155,8 @@ def test_train_and_evaluate_commands_on_a_folder_export(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert [s["n"] for s in report["sets"]] == [4, 4, 3]
     assert set(report["sets"][0]["mean"]) == {"dice", "iou", "precision", "recall", "hd95"}
-    assert sum(f["n"] for f in report["sets"][0]["by_size"].values()) == 4 and 0 <= report["sets"][0]["miss_rate"] <= 1
+    assert sum(f["n"] for f in report["sets"][0]["bins"]["size"].values()) == 4 and 0 <= report["sets"][0]["miss_rate"] <= 1
+    assert sum(f["n"] for f in report["sets"][0]["bins"]["position"].values()) == 4
     assert set(report["sets"][2]["largest_region"]) == {"10", "11", "12"} and 0 <= report["sets"][2]["fp_rate"] <= 1
     with pytest.raises(SystemExit) as done:
         main(["train", "--real", str(tmp_path / "ex"), "--size", "65", "--out", ckpt])
@@ -212,5 +220,5 @@ def test_polyp_free_frames_of_a_labelled_set_are_no_lesions_to_size_or_miss():
     empty = np.zeros_like(label)
     items = {"hit": segment_metrics(label, label), "free, quiet": segment_metrics(empty, empty),
              "free, fired": segment_metrics(label, empty)}
-    sizes = by_size(items)
+    sizes = by_bins(items)["size"]
     assert sizes["small"].n == 1 and sizes["small"].dice == 1.0 and sum(f.n for f in sizes.values()) == 1

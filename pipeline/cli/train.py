@@ -34,7 +34,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pipeline.train.evaluate import evaluate, report_table
 
-    reports = evaluate(args.checkpoint, args.data, args.device, args.negatives or [])
+    reports = evaluate(args.checkpoint, args.data, args.device, args.negatives or [], args.metadata)
     payload = json.dumps({"checkpoint": args.checkpoint, "sets": [r.to_json() for r in reports]}, indent=2)
     if args.json:
         from pipeline.core import storage
@@ -114,7 +114,9 @@ def register(add: AddCommand) -> None:
     p.add_argument("--data", action="append", required=True, metavar="DIR[:SPLIT]", help="repeatable")
     p.add_argument("--negatives", action="append", metavar="DIR[:IDS.txt]",
                    help="folder of polyp-free frames: the false-positive rate; repeatable")
-    p.add_argument("--json", help="write the JSON report here instead of stdout")
+    p.add_argument("--json", help="write the JSON report here instead of stdout (`plan --from-evaluation` reads it)")
+    p.add_argument("--metadata", metavar="CSV", help="per-image attributes to report by: an id column (file stems), "
+                   "then one column per attribute")
     p.add_argument("--device", default="auto")
 
     p = add("experiment", cmd_experiment, "does the synthetic data help? real only vs real + synthetic, "

@@ -30,10 +30,9 @@ from monai.metrics import (
     get_confusion_matrix,
 )
 
+from pipeline.core.lesion_bins import POSITION_BINS, SIZE_BINS, centroid_radius, position_bin, size_bin
+
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
-SIZE_BINS = (("small", 0.0, 0.02, "<2%"), ("medium", 0.02, 0.08, "2–8%"), ("large", 0.08, 1.0, ">8%"))
-"""Lesion sizes by the label's area fraction a: a < 2 %, 2 % ≤ a < 8 %, a ≥ 8 % (name, low, high, label).
-Tables show the labels: these are shares of the frame, not the prompt bank's clinical size classes."""
 MISS_IOU = 0.1
 """An image whose prediction overlaps its label with IoU below this is a missed lesion."""
 FALSE_POSITIVE_AREA = 0.001
@@ -48,6 +47,7 @@ class ImageMetrics:
     recall: float
     hd95: float
     area: float = float("nan")  # the label's foreground share of the frame
+    radius: float = float("nan")  # where its centroid lies (`lesion_bins.centroid_radius`)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -60,10 +60,10 @@ def segment_metrics(prediction: np.ndarray, label: np.ndarray) -> ImageMetrics:
     pred = torch.from_numpy(np.ascontiguousarray(prediction, dtype=bool)).float()[None, None]
     true = torch.from_numpy(np.ascontiguousarray(label, dtype=bool)).float()[None, None]
     pred_empty, true_empty = not pred.any(), not true.any()
-    area = float(true.mean())
+    area, radius = float(true.mean()), centroid_radius(label)
     if pred_empty or true_empty:
         both = float(pred_empty and true_empty)
-        return ImageMetrics(both, both, both, both, 0.0 if both else math.hypot(*label.shape), area)
+        return ImageMetrics(both, both, both, both, 0.0 if both else math.hypot(*label.shape), area, radius)
     confusion = get_confusion_matrix(pred, true, include_background=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI's deprecation notes about its own arguments
@@ -75,16 +75,12 @@ def segment_metrics(prediction: np.ndarray, label: np.ndarray) -> ImageMetrics:
         recall=compute_confusion_matrix_metric("recall", confusion).item(),
         hd95=hd95,
         area=area,
+        radius=radius,
     )
 
 
 def mean_metrics(items: list[ImageMetrics]) -> dict[str, float]:
     return {name: float(np.mean([getattr(item, name) for item in items])) for name in METRICS}
-
-
-def size_bin(area: float) -> str:
-    """The size class of a label covering `area` of its frame (`SIZE_BINS`, which tile [0, 1])."""
-    return next((name for name, _, high, _ in SIZE_BINS if area < high), SIZE_BINS[-1][0])
 
 
 def has_lesion(item: ImageMetrics) -> bool:
@@ -113,11 +109,22 @@ def bin_figures(items: list[ImageMetrics]) -> BinFigures:
                       float(np.mean([missed(i) for i in items])))
 
 
-def by_size(per_image: Mapping[str, ImageMetrics]) -> dict[str, BinFigures]:
-    """Figures per lesion size, every size listed (n = 0 where the set has none); polyp-free frames
-    are in none (they have no lesion to size, find or miss)."""
-    lesions = [item for item in per_image.values() if has_lesion(item)]
-    return {name: bin_figures([item for item in lesions if size_bin(item.area) == name]) for name, *_ in SIZE_BINS}
+def by_bins(per_image: Mapping[str, ImageMetrics],
+            attributes: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, BinFigures]]:
+    """Figures per bin of each axis: `size` and `position` (every bin listed, n = 0 where the set has
+    none), then each column of `attributes` (image id → column → value, a metadata CSV) by its values.
+    Polyp-free frames are in no bin (they have no lesion to size, place, find or miss)."""
+    lesions = {key: item for key, item in per_image.items() if has_lesion(item)}
+    bins = {"size": {name: bin_figures([i for i in lesions.values() if size_bin(i.area) == name])
+                     for name, *_ in SIZE_BINS},
+            "position": {name: bin_figures([i for i in lesions.values() if position_bin(i.radius) == name])
+                         for name, *_ in POSITION_BINS}}
+    columns = sorted({column for row in (attributes or {}).values() for column in row})
+    for column in columns:
+        values = sorted({row[column] for row in attributes.values() if column in row})
+        bins[column] = {value: bin_figures([item for key, item in lesions.items()
+                                            if attributes.get(key, {}).get(column) == value]) for value in values}
+    return bins
 
 
 def largest_region(prediction: np.ndarray) -> float:

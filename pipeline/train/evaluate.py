@@ -1,10 +1,12 @@
 """Evaluate a checkpoint on held-out sets, the way papers of the field report it: the image is resized
 to the training size, the prediction (sigmoid > 0.5) is resized back to the label's own size, and
 Dice, IoU, precision, recall and HD95 are computed there per image, then averaged; plus Dice and
-miss rate per lesion size, and on polyp-free frames the false-positive rate (`metrics`)."""
+miss rate per bin (lesion size, position in the frame, and any column of a metadata CSV: the JSON
+`plan --from-evaluation` aims a plan with), and on polyp-free frames the false-positive rate (`metrics`)."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,12 +22,13 @@ from pipeline.data.sources import (
     unlabelled_files,
 )
 from pipeline.errors import TrainError
+from pipeline.core import storage
+from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.segmenter.metrics import (
     METRICS,
-    SIZE_BINS,
     BinFigures,
     ImageMetrics,
-    by_size,
+    by_bins,
     false_positive,
     has_lesion,
     largest_region,
@@ -39,14 +42,19 @@ from pipeline.segmenter.predict import predict
 
 @dataclass(frozen=True)
 class SetReport:
-    """A labelled set: means over its images, figures per lesion size, and every image's metrics."""
+    """A labelled set: means over its images, figures per bin of each axis (`size`, `position`, metadata
+    columns), and every image's metrics."""
 
     data: str
     n: int
     mean: dict[str, float]
     miss_rate: float
-    sizes: dict[str, BinFigures]
+    bins: dict[str, dict[str, BinFigures]]
     per_image: dict[str, ImageMetrics]
+
+    @property
+    def sizes(self) -> dict[str, BinFigures]:
+        return self.bins["size"]
 
     def figures(self) -> dict[str, float | None]:
         """Flat figures for tables: the means, `miss_rate`, and `dice_<size>` / `miss_<size>` / `n_<size>`."""
@@ -57,7 +65,7 @@ class SetReport:
 
     def to_json(self) -> dict:
         return {"data": self.data, "n": self.n, "mean": self.mean, "miss_rate": self.miss_rate,
-                "by_size": {name: asdict(f) for name, f in self.sizes.items()},
+                "bins": {axis: {name: asdict(f) for name, f in bins.items()} for axis, bins in self.bins.items()},
                 "per_image": {key: value.as_dict() for key, value in self.per_image.items()}}
 
 
@@ -78,7 +86,16 @@ class NegativesReport:
         return {"data": self.data, "n": self.n, "fp_rate": self.fp_rate, "largest_region": self.largest}
 
 
-def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: str) -> SetReport:
+def read_metadata(url: str) -> dict[str, dict[str, str]]:
+    """A metadata CSV: an `id` column (image file stems), then one column per attribute to bin by."""
+    rows = list(csv.DictReader(storage.read_bytes(url).decode().splitlines()))
+    if not rows or "id" not in rows[0]:
+        raise TrainError(f"--metadata {url}: expected a CSV with an 'id' column (image file stems) and attribute columns")
+    return {row.pop("id"): {k: v for k, v in row.items() if v not in (None, "")} for row in rows}
+
+
+def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: str,
+                 metadata: dict[str, dict[str, str]] | None = None) -> SetReport:
     refs = resolve(DataSpec.parse(text))
     per_image: dict[str, ImageMetrics] = {}
     with ProgressReporter(f"evaluate {text}", len(refs), "images") as progress:
@@ -88,7 +105,7 @@ def evaluate_set(model: torch.nn.Module, size: int, device: torch.device, text: 
     items = list(per_image.values())
     lesions = [item for item in items if has_lesion(item)]
     miss_rate = float(np.mean([missed(i) for i in lesions])) if lesions else float("nan")
-    return SetReport(text, len(items), mean_metrics(items), miss_rate, by_size(per_image), per_image)
+    return SetReport(text, len(items), mean_metrics(items), miss_rate, by_bins(per_image, metadata), per_image)
 
 
 def evaluate_negatives(model: torch.nn.Module, size: int, device: torch.device, text: str) -> NegativesReport:
@@ -102,13 +119,16 @@ def evaluate_negatives(model: torch.nn.Module, size: int, device: torch.device, 
     return NegativesReport(text, len(largest), rate, largest)
 
 
-def evaluate(checkpoint: str, specs: list[str], device: str = "auto",
-             negatives: list[str] = ()) -> list[SetReport | NegativesReport]:
-    """Reports on each labelled set of `specs`, then on each folder of polyp-free frames of `negatives`."""
+def evaluate(checkpoint: str, specs: list[str], device: str = "auto", negatives: list[str] = (),
+             metadata: str | None = None) -> list[SetReport | NegativesReport]:
+    """Reports on each labelled set of `specs`, then on each folder of polyp-free frames of `negatives`;
+    `metadata` (a CSV) adds its columns to the bins."""
+    attributes = read_metadata(metadata) if metadata else None
     model, record = load_checkpoint(checkpoint)
     torch_device = resolve_device(device, "--device", TrainError)
     model.to(torch_device)
-    reports: list[SetReport | NegativesReport] = [evaluate_set(model, record.size, torch_device, s) for s in specs]
+    reports: list[SetReport | NegativesReport] = [evaluate_set(model, record.size, torch_device, s, attributes)
+                                                   for s in specs]
     return reports + [evaluate_negatives(model, record.size, torch_device, s) for s in negatives]
 
 

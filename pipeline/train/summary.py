@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.core import storage
 from pipeline.core.layout import ExperimentLayout
-from pipeline.segmenter.metrics import SIZE_BINS
+from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.train.paired import MIN_SEEDS, Difference, Verdict, paired_difference
 from pipeline.train.segment import BATCH_RULE
 from pipeline.train.trial import TrialResult
