@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from pipeline.core.digests import json_digest
+from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.core.yamlio import read_mapping, validate
 from pipeline.errors import UNION_TAG_PREFIX, ConfigError
 
@@ -44,6 +45,26 @@ class PromptsConfig(_Section):
 
 class MasksConfig(_Section):
     preset: str = "masks/default.yaml"
+
+
+class TargetsConfig(_Section):
+    """Aim the plan's lesion sizes at the bins a segmenter fails in (`pipeline/plan/targets.py`)."""
+
+    from_evaluation: str | None = Field(None, description="an `evaluate --json` report: each size bin weighted "
+                                        "by its natural share times (1 - its Dice)")
+    size: dict[str, float] | None = Field(None, description="or the weights of the size bins themselves "
+                                          f"({', '.join(f'{n}: {label}' for n, _, _, label in SIZE_BINS)} of the frame)")
+    max_boost: float = Field(3.0, ge=1.0, description="no bin above this multiple of its natural share")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TargetsConfig:
+        if (self.from_evaluation is None) == (self.size is None):
+            raise ValueError("give from_evaluation (an evaluate --json report) or size (weights per bin), not both")
+        names = [name for name, *_ in SIZE_BINS]
+        if self.size is not None and (set(self.size) - set(names) or any(w < 0 for w in self.size.values())
+                                      or not any(self.size.values())):
+            raise ValueError(f"size: {self.size}: expected non-negative weights of the bins {', '.join(names)}")
+        return self
 
 
 TINY_MODEL_ID = "testing/tiny-random"
@@ -237,6 +258,7 @@ class JobConfig(_Section):
     frames: FramesConfig
     prompts: PromptsConfig = PromptsConfig()
     masks: MasksConfig = MasksConfig()
+    targets: TargetsConfig | None = None
     engine: AnyEngineConfig = EngineConfig()
     executor: ExecutorConfig = ExecutorConfig()
     gate: GateConfig = GateConfig()
@@ -262,6 +284,7 @@ class JobConfig(_Section):
         return json_digest({
             "seed": self.seed, "samples": self.samples, "shard_size": self.shard_size,
             **self.model_dump(mode="json", include={"frames", "prompts", "masks"}),
+            **({"targets": self.targets.model_dump(mode="json")} if self.targets else {}),
             "engine": {"kind": self.engine.kind, **self.engine.pixel_settings()},
         })
 

@@ -166,6 +166,7 @@ def test_outputs_reader_report_and_regate_from_cache(gated, reference_dir, capsy
     page = (Path(run_dir) / "gate" / "report.html").read_text()
     assert "RANDOM model weights" in page and page.count("data:image/png;base64,") >= 9
     assert "src=\"http" not in page and "<img alt=\"rejected\"" in page
+    assert "Lesion sizes (share of the frame): generated and accepted" in page and "<th>&lt;2%</th>" in page
 
     features = Path(run_dir) / "gate" / "features" / "efficientnet-lite0"
     stamps = {p.name: p.stat().st_mtime_ns for p in features.iterdir()}

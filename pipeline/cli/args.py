@@ -59,6 +59,11 @@ def job_arguments(parser: argparse.ArgumentParser, n_help: str = "only the first
         parser.add_argument("--n", type=count, help=n_help)
 
 
+def aim_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from-evaluation", metavar="EVAL.json", help="aim the plan's lesion sizes at the bins "
+                        "this `evaluate --json` report is weakest in (sets targets.from_evaluation)")
+
+
 def job(args: argparse.Namespace, model: type[M] = JobConfig) -> M:
     """The job config the arguments name, with their overrides; the reserved test model built on first use."""
     if args.config and args.job and args.config != args.job:
@@ -71,6 +76,8 @@ def job(args: argparse.Namespace, model: type[M] = JobConfig) -> M:
         overrides.append(f"output={args.out}")
     if getattr(args, "executor", None):
         overrides.append(f"executor.kind={args.executor}")
+    if getattr(args, "from_evaluation", None):
+        overrides.append(f"targets.from_evaluation={args.from_evaluation}")
     config = load_config(path, overrides, model)
     if getattr(config.engine, "model", None) == TINY_MODEL_ID:
         from pipeline.tools.tiny_model import build_reserved_model

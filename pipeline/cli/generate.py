@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli.args import AddCommand, action, executor, group, job, job_arguments
+from pipeline.cli.args import AddCommand, action, aim_argument, executor, group, job, job_arguments
 from pipeline.cli.plan import labelled_set_arguments
 
 log = logging.getLogger("pipeline")
@@ -56,4 +56,5 @@ def register(add: AddCommand) -> None:
     ):
         p = add(name, fn, text)
         job_arguments(p)
+        aim_argument(p)
         p.add_argument("--executor", choices=("local", "ray"), help="override executor.kind")

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from pipeline.cli.args import AddCommand, action, count, group, job, job_arguments, size
+from pipeline.cli.args import AddCommand, action, aim_argument, count, group, job, job_arguments, size
 
 log = logging.getLogger("pipeline")
 
@@ -60,6 +60,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     url = plan.write(config.run_dir())
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
           f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")
+    if plan.meta.targets:
+        from pipeline.plan.targets import planned_areas, shares_table, size_shares
+
+        print(shares_table(plan.meta.targets, {"planned": size_shares(planned_areas(plan.table))}))
     return 0
 
 
@@ -101,4 +105,6 @@ def register(add: AddCommand) -> None:
                                   "cut the polyp-free side of labelled frames into frames to paint on"),
                            "folder to write <id>.png to (local path or fsspec URL)")
 
-    job_arguments(add("plan", cmd_plan, "write the run's plan (Parquet), one row per sample"))
+    p = add("plan", cmd_plan, "write the run's plan (Parquet), one row per sample")
+    job_arguments(p)
+    aim_argument(p)

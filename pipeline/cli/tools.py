@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.args import AddCommand, job_arguments
+from pipeline.cli.args import AddCommand, aim_argument, job_arguments
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 
@@ -20,8 +20,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(memory_table(load_config(args.config, list(args.set or [])), parse_memory(args.gpu_memory)))
         return 0
     if args.config:
-        config = load_config(args.config, list(args.set or []))
-        preview.plan_sheet(config, args.n, args.out, args.windows)
+        aimed = [f"targets.from_evaluation={args.from_evaluation}"] if args.from_evaluation else []
+        sizes = preview.plan_sheet(load_config(args.config, [*(args.set or []), *aimed]), args.n, args.out, args.windows)
+        if sizes:
+            print(sizes)
     elif args.job:
         if args.set:
             raise ConfigError("--set changes a job's config; a RUN_DIR preview draws what was generated")
@@ -54,6 +56,7 @@ def register(add: AddCommand) -> None:
 
     p = add("preview", cmd_preview, "contact sheet of a plan (--config JOB) or of a run's shards (RUN_DIR)")
     job_arguments(p, "how many samples to draw", "PNG to write")
+    aim_argument(p)
     p.set_defaults(n=16, out="preview.png")
     p.add_argument("--windows", action="store_true", help="also draw the square the model paints (or painted) each sample in")
     p.add_argument("--gpu-memory", metavar="AMOUNT", help="instead of a sheet, the largest generation batch per working "

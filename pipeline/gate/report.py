@@ -20,11 +20,14 @@ from pipeline.config import GateConfig
 from pipeline.core import parquet, storage
 from pipeline.core.images import decode_image
 from pipeline.core.layout import RunLayout
+from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.gate.checks import CHECKS
 from pipeline.gate.metrics import fid, kid
 from pipeline.gate.reference import Reference
 from pipeline.gate.verdicts import GateMetrics, SetMetrics
 from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING
+from pipeline.plan.plan import Plan
+from pipeline.plan.targets import shares_table, size_shares
 
 SHEET_SAMPLES = 12
 
@@ -114,6 +117,25 @@ def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray) -> list[
     return sorted(rows, key=lambda r: (r[0], r[3], r[1]))
 
 
+def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
+    """Lesion sizes generated and accepted (the labels' areas), against what the plan asked when it
+    was aimed (`targets`): the gate's rejections must not skew the distribution unseen."""
+    areas = {}
+    for index in sorted(set(run.shard_indices.tolist())):
+        table = parquet.read(layout.shard(index), columns=["sample_id", "mask_area"])
+        areas.update(zip(table.column("sample_id").to_pylist(), table.column("mask_area").to_pylist()))
+    generated = [areas[s] for s in run.sample_ids]
+    columns = {"generated": size_shares(generated),
+               "accepted": size_shares([a for a, keep in zip(generated, accepted) if keep])}
+    targets = Plan.read(layout.root).meta.targets
+    if targets is not None:
+        return "<pre>" + html.escape(shares_table(targets, columns)) + "</pre>"
+    labels = {name: label for name, _, _, label in SIZE_BINS}
+    return ("<table><tr><th>size</th>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+            + "".join(f"<tr><th>{labels[b]}</th>" + "".join(f"<td>{shares[b]:.3f}</td>" for shares in columns.values())
+                      + "</tr>" for b in labels) + "</table>")
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -144,7 +166,7 @@ th{background:#f3f3f3}.hist img{width:400px;margin:4px}.sheet img{max-width:100%
 
 
 def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, bytes], sheets: dict[str, bytes | None],
-           attribute_rates: list[tuple[str, str, int, float]]) -> str:
+           attribute_rates: list[tuple[str, str, int, float]], sizes: str) -> str:
     m = metrics
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>gate report: {html.escape(m.run_id)}</title>"
              f"<style>{_STYLE}</style></head><body>"]
@@ -187,7 +209,8 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
     overall = m.samples.accepted / max(1, m.samples.total)
     parts.extend(f"<tr{' class=low' if rate < overall - 0.1 else ''}><th>{html.escape(a)}</th><td>{html.escape(v)}</td>"
                  f"<td>{n}</td><td>{100 * rate:.0f}%</td></tr>" for a, v, n, rate in attribute_rates)
-    parts.append("</table><h2>Bounds</h2>" + "".join(f"<p>{html.escape(note)}</p>" for note in m.notes) + "<table>"
+    parts.append("</table><h2>Lesion sizes (share of the frame): generated and accepted</h2>" + sizes)
+    parts.append("<h2>Bounds</h2>" + "".join(f"<p>{html.escape(note)}</p>" for note in m.notes) + "<table>"
                  + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in m.bounds.items())
                  + "</table></body></html>")
     return "".join(parts)
@@ -209,5 +232,6 @@ def write_report(layout: RunLayout, metrics: GateMetrics, reference: Reference, 
         if sheets[key]:
             storage.write_bytes_atomic(layout.gate_file(f"{key}.png"), sheets[key])
     accepted = np.array([not r for r in reasons])
-    page = render(metrics, reference, histograms, sheets, _attribute_rates(layout, run, accepted))
+    page = render(metrics, reference, histograms, sheets, _attribute_rates(layout, run, accepted),
+                  _sizes(layout, run, accepted))
     storage.write_bytes_atomic(layout.gate_report, page.encode())

@@ -33,10 +33,11 @@ from pipeline.errors import ConfigError, FrameCatalogError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
-from pipeline.plan.masks.sampling import sample_mask_params
+from pipeline.plan.masks.sampling import sample_mask_params, size_class_at
 from pipeline.plan.modality import frame_values, read_frame_metadata
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.plan.prompts.schema import PromptSample
+from pipeline.plan.targets import LevelSampler, TargetsInfo, aim
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class PlanMeta(BaseModel):
     mask_preset: InputInfo
     pipeline_version: str
     engine_inputs: dict[str, str] = {}  # digests of what the engine reads besides frames (its donor library)
+    targets: TargetsInfo | None = None  # the lesion-size shares the plan was aimed at, and why
 
     def job(self) -> JobConfig:
         """The job config the plan was made from, typed again."""
@@ -175,13 +177,19 @@ def _init_mask_worker(preset: MaskPreset, fovs: list[FieldOfView]) -> None:
     _worker_state.update(preset=preset, fovs=fovs)
 
 
-def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames: list[int]) -> list[str]:
+def target_rng(run_seed: int, index: int) -> np.random.Generator:
+    """The random stream of sample `index`'s aimed area level (`plan.targets`)."""
+    return np.random.default_rng([run_seed, 3, index])
+
+
+def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames: list[int],
+                levels: list[float | None]) -> list[str]:
     """Mask parameters (JSON) of samples start, start+1, …: each from its own random stream, so any
     chunk can be computed anywhere and the result does not depend on how the plan was split."""
     preset, fovs = _worker_state["preset"], _worker_state["fovs"]
     return [
-        json.dumps(sample_mask_params(preset, attrs, fovs[frame], mask_rng(seed, start + i)).to_dict())
-        for i, (attrs, frame) in enumerate(zip(attributes, frames))
+        json.dumps(sample_mask_params(preset, attrs, fovs[frame], mask_rng(seed, start + i), level).to_dict())
+        for i, (attrs, frame, level) in enumerate(zip(attributes, frames, levels))
     ]
 
 
@@ -192,11 +200,11 @@ def _main_is_importable() -> bool:
 
 
 def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, prompts: list[PromptSample],
-                  frames: list[int]) -> list[str]:
+                  frames: list[int], levels: list[float | None]) -> list[str]:
     """Mask parameters of every sample, over all cores for large plans (the costly part of planning)."""
     fovs = [record.fov for record in catalog.records]
-    chunks = [(config.seed, start, [p.attributes for p in prompts[start:start + _CHUNK]], frames[start:start + _CHUNK])
-              for start in range(0, len(prompts), _CHUNK)]
+    chunks = [(config.seed, start, [p.attributes for p in prompts[start:start + _CHUNK]], frames[start:start + _CHUNK],
+               levels[start:start + _CHUNK]) for start in range(0, len(prompts), _CHUNK)]
     workers = min(len(chunks), os.cpu_count() or 1) if _main_is_importable() else 1
     if workers <= 1:
         _init_mask_worker(preset, fovs)
@@ -258,6 +266,8 @@ def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
     metadata = metadata_digest(config)
     if metadata != meta.frames.metadata_digest:
         changed.append(f"the frame metadata {config.frames.metadata} changed")
+    if config.targets and meta.targets and aim(config.targets, MaskPreset.load(config.masks.preset)).digest != meta.targets.digest:
+        changed.append(f"the evaluation the plan was aimed with ({meta.targets.source}) changed")
     return changed
 
 
@@ -279,8 +289,19 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
     frames = [int(order[index % len(order)]) for index in range(total)]
     decided = _frame_decided(config, catalog, bank)
-    prompts = bank.sample_many(total, config.seed, [decided[frame] for frame in frames])
-    masks = _sample_masks(config, preset, catalog, prompts, frames)
+    given = [decided[frame] for frame in frames]
+    targets = aim(config.targets, preset) if config.targets else None
+    levels: list[float | None] = [None] * total
+    if targets is not None:  # the area level first; the prompt's size class is the one that level is in
+        if "size" not in bank.axes:
+            raise ConfigError(f"targets: the prompt bank {config.prompts.bank} has no size axis to aim")
+        sampler = LevelSampler.of(targets, preset)
+        levels = [sampler.draw(target_rng(config.seed, index)) for index in range(total)]
+        given = [{**values, "size": size_class_at(level, preset)} for values, level in zip(given, levels)]
+        for name, why in targets.why.items():
+            log.info("targets: %s: %s", name, why)
+    prompts = bank.sample_many(total, config.seed, given)
+    masks = _sample_masks(config, preset, catalog, prompts, frames, levels)
     engine_json = json.dumps({**config.engine.pixel_settings(), **(engine_inputs or {})}, sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
@@ -312,6 +333,7 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
         mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
         pipeline_version=__version__,
         engine_inputs=engine_inputs or {},
+        targets=targets,
     )
     log.info("planned %d samples in %d shards from %d frames", total,
              -(-total // config.shard_size), len(catalog.records))

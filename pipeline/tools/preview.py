@@ -18,6 +18,7 @@ from pipeline.generate.window import paint_window
 from pipeline.generate.worker import prepare_sample
 from pipeline.plan.modality import MODALITY_AXIS
 from pipeline.plan.plan import build_plan
+from pipeline.plan.targets import planned_areas, shares_table, size_shares
 
 
 def caption(row: dict) -> str:
@@ -33,17 +34,22 @@ def caption(row: dict) -> str:
     return f"[{modality.upper()} frame] {text}" if modality else text
 
 
-def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> None:
+def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> str | None:
     """Frames, planned masks and prompts of the first n samples of a job; with `windows`, also the
-    square the engine will paint each in."""
+    square the engine will paint each in. A plan aimed at lesion sizes (`targets`) is planned whole,
+    and the sizes it holds are returned against the asked ones."""
     if windows and not isinstance(config.engine, EngineConfig):
         raise ConfigError(f"--windows: engine.kind {config.engine.kind} paints no window (only sdxl does)")
+    plan = build_plan(config, None if config.targets else n)
     cells = []
-    for row in build_plan(config, n).table.to_pylist():
+    for row in plan.table.slice(0, n).to_pylist():
         frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
         window = paint_window(mask, config.engine).as_list() if windows else None
         cells.append(tile(frame, mask, caption(row), window))
     contact_sheet(cells, out)
+    if plan.meta.targets is None:
+        return None
+    return shares_table(plan.meta.targets, {"planned": size_shares(planned_areas(plan.table))})
 
 
 def run_sheet(run_dir: str, n: int, out: str, windows: bool = False) -> None:

@@ -51,12 +51,21 @@ def _in_band(band: Range, rng: np.random.Generator) -> float:
     return band[0] + (band[1] - band[0]) * rng.random()
 
 
-def size_class_of(area_fraction: float, preset: MaskPreset) -> str:
-    """The size class whose band of area quantiles holds this area: the inverse of how sampling turns
-    a level u in a class's band into an area, u = interp(log a, log knots, evenly spaced levels)."""
+def area_level(area_fraction: float, preset: MaskPreset) -> float:
+    """The level u whose area this is: the inverse of how sampling turns a level into an area,
+    u = interp(log a, log knots, evenly spaced levels) (0 below the smallest knot, 1 above the largest)."""
     knots = np.log(np.asarray(preset.area_fraction))
-    u = float(np.interp(np.log(max(area_fraction, 1e-9)), knots, np.linspace(0.0, 1.0, len(knots))))
+    return float(np.interp(np.log(max(area_fraction, 1e-9)), knots, np.linspace(0.0, 1.0, len(knots))))
+
+
+def size_class_at(u: float, preset: MaskPreset) -> str:
+    """The size class whose band of area levels holds u."""
     return _owner({name: entry.band for name, entry in preset.size_classes.items()}, u)
+
+
+def size_class_of(area_fraction: float, preset: MaskPreset) -> str:
+    """The size class whose band of area quantiles holds this area."""
+    return size_class_at(area_level(area_fraction, preset), preset)
 
 
 def _lookup(entries: Mapping[str, Any], attributes: Mapping[str, object], key: str) -> str | None:
@@ -150,26 +159,30 @@ def _shape(
 
 
 def sample_mask_params(
-    preset: MaskPreset, attributes: Mapping[str, object], fov: Any, rng: np.random.Generator
+    preset: MaskPreset, attributes: Mapping[str, object], fov: Any, rng: np.random.Generator,
+    u_area: float | None = None,
 ) -> MaskParams:
     """Mask parameters following the sample's morphology and size, placed inside `fov.grid`.
 
-    Missing attributes are drawn from the preset's own mix. A lesion that fits nowhere is shrunk
-    until it does; the grid's aspect ratio is taken as the image's.
+    Missing attributes are drawn from the preset's own mix; `u_area` is the area's level when the plan
+    aims at lesion sizes (`plan.targets`; it lies in the band of the sample's size class). A lesion that
+    fits nowhere is shrunk until it does; the grid's aspect ratio is taken as the image's.
     """
-    return sample_with_levels(preset, attributes, fov, rng)[0]
+    return sample_with_levels(preset, attributes, fov, rng, u_area)[0]
 
 
 def sample_with_levels(
-    preset: MaskPreset, attributes: Mapping[str, object], fov: Any, rng: np.random.Generator
+    preset: MaskPreset, attributes: Mapping[str, object], fov: Any, rng: np.random.Generator,
+    u_area: float | None = None,
 ) -> tuple[MaskParams, tuple[float, float, float]]:
     """`sample_mask_params`, plus the main lesion's quantile levels (area, eccentricity, outline solidity).
 
     The fit needs the levels to move each quantile knot by what the masks drawn near it got wrong.
     """
     size = _lookup(preset.size_classes, attributes, "size")
-    u_area = _in_band(preset.size_classes[size].band, rng) if size else rng.random()
-    size = size or _owner({name: entry.band for name, entry in preset.size_classes.items()}, u_area)
+    if u_area is None:
+        u_area = _in_band(preset.size_classes[size].band, rng) if size else rng.random()
+    size = size or size_class_at(u_area, preset)
     morphology = _lookup(preset.morphologies, attributes, "morphology") or _owner(
         {name: entry.eccentricity_band for name, entry in preset.morphologies.items()}, rng.random()
     )
