@@ -111,7 +111,7 @@ def test_an_input_edited_in_place_is_refused_on_resume_naming_it(tmp_path):
         assert load_or_build_plan(config, config.run_dir(), None).digest == plan.digest
 
     bank = (tmp_path / "bank.yaml").read_text()
-    refused(lambda: (tmp_path / "bank.yaml").write_text(bank.replace("{id: 0-Ip, weight: 0.10", "{id: 0-Ip, weight: 90.10")),
+    refused(lambda: (tmp_path / "bank.yaml").write_text(bank.replace("{id: 0-Ip, weight: 0.143", "{id: 0-Ip, weight: 90.10")),
             lambda: (tmp_path / "bank.yaml").write_text(bank), "the prompt bank .*bank.yaml changed")
     preset = (tmp_path / "preset.yaml").read_text()
     refused(lambda: (tmp_path / "preset.yaml").write_text(preset.replace("vertices: 96", "vertices: 80")),

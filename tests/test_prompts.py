@@ -39,8 +39,8 @@ def samples(bank: PromptBank) -> list[PromptSample]:
 
 def test_default_bank_has_the_required_axes_ids_and_weights(bank: PromptBank) -> None:
     assert list(bank.axes) == [
+        "size",  # first: a plan aimed at lesion sizes decides it (`plan.targets`)
         "morphology",
-        "size",
         "modality",
         "nice",
         "surface",
@@ -50,14 +50,15 @@ def test_default_bank_has_the_required_axes_ids_and_weights(bank: PromptBank) ->
     ]
     weights = {name: {v.id: v.weight for v in axis.values} for name, axis in bank.axes.items()}
     assert weights["morphology"] == {
-        "0-Ip": 0.10,
+        "0-Ip": 0.143,  # never diminutive (a constraint), so 10 % of all polyps
         "0-Isp": 0.15,
         "0-Is": 0.40,
         "0-IIa": 0.25,
         "0-IIb": 0.05,
         "0-IIc": 0.05,
     }
-    assert weights["size"] == {"diminutive": 0.30, "small": 0.35, "large": 0.25, "giant": 0.10}
+    assert weights["size"] == {"diminutive": 0.271, "small": 0.364, "large": 0.262, "giant": 0.103}
+    assert bank.shares("morphology")["0-Ip"] == pytest.approx(0.10, abs=0.01)
     assert bank.axes["nice"].ids() == ("nice-1", "nice-2", "nice-3")
     assert bank.axes["modality"].ids() == ("wli", "nbi")
     assert bank.axes["modifiers"].pick == (0, 2)
@@ -154,7 +155,7 @@ def _assert_frequencies(counts: Counter[str], expected: dict[str, float]) -> Non
 
 
 def test_unconstrained_axes_follow_their_weights(bank: PromptBank, samples: list[PromptSample]) -> None:
-    for axis in ("location", "morphology", "modality"):
+    for axis in ("location", "size", "modality"):
         expected = {v.id: v.weight for v in bank.axes[axis].values}
         _assert_frequencies(Counter(s.attributes[axis] for s in samples), expected)
     _assert_frequencies(
@@ -163,8 +164,8 @@ def test_unconstrained_axes_follow_their_weights(bank: PromptBank, samples: list
 
 
 def test_excluded_values_leave_the_rest_renormalised(samples: list[PromptSample]) -> None:
-    sizes = Counter(s.attributes["size"] for s in samples if s.attributes["morphology"] == "0-Ip")
-    _assert_frequencies(sizes, {"small": 0.35, "large": 0.25, "giant": 0.10})
+    shapes = Counter(s.attributes["morphology"] for s in samples if s.attributes["size"] == "diminutive")
+    _assert_frequencies(shapes, {"0-Isp": 0.15, "0-Is": 0.40, "0-IIa": 0.25, "0-IIb": 0.05, "0-IIc": 0.05})
 
 
 def test_multi_pick_axis_gives_zero_to_two_distinct_values_in_bank_order(
