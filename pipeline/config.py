@@ -27,10 +27,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PolypFreeSourceConfig(_Section):
+    """A labelled real set whose frames' polyp-free sides become host frames (`frames polyp-free`)."""
+
+    images: str = Field(description="folder of images (<id>.jpg/.png)")
+    masks: str = Field(description="folder of binary masks with the same ids")
+    split: str | None = Field(None, description="file of the ids to cut (one per line): a TRAINING split")
+
+
 class FramesConfig(_Section):
     """Where the normal (polyp-free) frames come from."""
 
     source: str = Field(description="folder, glob pattern or fsspec URL (s3://bucket/prefix/*.jpg)")
+    polyp_free_from: PolypFreeSourceConfig | None = Field(
+        None, description="cut `source` from this labelled set on first use: real framings (lumen, light "
+        "fall-off, the endoscope's field of view) decide realism more than the engine does")
     min_size: int = Field(128, gt=0, description="frames smaller than this on either side are skipped")
     limit: int | None = Field(None, gt=0, description="use at most this many frames (sorted by URI)")
     metadata: str | None = Field(

@@ -37,11 +37,11 @@ def test_prompts_prints_json_lines():
     [
         (["plan", "--config", "jobs/demo-sdxl.yaml", "--set", "engine.steps=zero"], "engine.steps"),
         (["plan", "--config", "jobs/missing.yaml"], "jobs/missing.yaml: no such config file"),
-        (["plan", "--config", "jobs/demo.yaml", "--set", "frames.source=/no/such/frames"], "/no/such/frames"),
-        (["prompts", "--bank", "jobs/demo.yaml"], "jobs/demo.yaml"),
+        (["plan", "--config", "jobs/mucosa.yaml", "--set", "frames.source=/no/such/frames"], "/no/such/frames"),
+        (["prompts", "--bank", "jobs/mucosa.yaml"], "jobs/mucosa.yaml"),
         (["masks", "sample", "--out", "x", "--size", "big"], "--size 'big'"),
         (["inspect", "/no/such/run"], "not a run directory"),
-        (["plan", "jobs/demo.yaml", "--config", "jobs/smoke.yaml"], "two job configs given"),
+        (["plan", "jobs/mucosa.yaml", "--config", "jobs/smoke.yaml"], "two job configs given"),
         (["masks", "sample", "--out", "README.md", "--n", "1"], "--out README.md: cannot create this folder"),
         (["generate", "jobs/demo-sdxl.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
          "/no/such/model: no such file or folder"),
@@ -49,7 +49,7 @@ def test_prompts_prints_json_lines():
          "engine.model: cannot load org/not-a-model"),
         (["generate", "jobs/smoke.yaml", "--set", "engine.model={tmp}/no/such/model", "--out", "{tmp}", "--n", "2"],
          "/no/such/model: no such file or folder"),
-        (["generate", "jobs/demo.yaml", "--out", "{tmp}", "--n", "33"], "--n 33: the job plans only samples=32"),
+        (["generate", "jobs/mucosa.yaml", "--out", "{tmp}", "--n", "33"], "--n 33: the job plans only samples=32"),
     ],
 )
 def test_user_errors_are_one_line_naming_the_input(args, expected, tmp_path):
@@ -62,11 +62,11 @@ def test_user_errors_are_one_line_naming_the_input(args, expected, tmp_path):
 
 
 def test_plan_and_preview_before_spending_gpu_hours(tmp_path):
-    done = run("plan", "--config", "jobs/demo.yaml", "--out", tmp_path, "--n", 12, "--set", "frames.limit=20")
+    done = run("plan", "--config", "jobs/mucosa.yaml", "--out", tmp_path, "--n", 12, "--set", "frames.limit=20")
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "demo" / "plan.parquet").exists() and "12 samples in 2 shards" in done.stdout
+    assert (tmp_path / "mucosa" / "plan.parquet").exists() and "12 samples in 2 shards" in done.stdout
     sheet = tmp_path / "preview.png"
-    done = run("preview", "--config", "jobs/demo.yaml", "--n", 6, "--out", sheet, "--set", "frames.limit=20")
+    done = run("preview", "--config", "jobs/mucosa.yaml", "--n", 6, "--out", sheet, "--set", "frames.limit=20")
     assert done.returncode == 0, done.stderr
     picture = cv2.imread(str(sheet))
     assert picture.shape[0] > 256 and picture.shape[1] > 3 * 256  # a grid of tiles with captions

@@ -53,3 +53,21 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(FrameCatalogError, match="no frame of the 1 has a polyp-free strip of at least 5000 px"):
         cut_polyp_free_frames(str(KVASIR / "images"), str(KVASIR / "masks"), str(tmp_path / "b"), str(split),
                               StripRule(min_side=5000))
+
+
+def test_a_job_cuts_its_host_frames_on_first_use_and_refuses_a_folder_cut_from_other_ids(tmp_path):
+    from pipeline.config import config_from_dict
+    from pipeline.plan.plan import frame_catalog
+
+    split = tmp_path / "ids.txt"
+    split.write_text("\n".join(TRAIN[:12]) + "\n")
+    source = {"images": str(KVASIR / "images"), "masks": str(KVASIR / "masks"), "split": str(split)}
+    config = config_from_dict({"frames": {"source": str(tmp_path / "hosts"), "polyp_free_from": source}})
+    catalog = frame_catalog(config)  # cut now: no record of sources in the folder yet
+    assert 0 < len(catalog.records) <= 12 and (tmp_path / "hosts" / "cut_from.json").exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "hosts").iterdir()}
+    assert len(frame_catalog(config).records) == len(catalog.records)  # cut once
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "hosts").iterdir()} == stamps
+    split.write_text("\n".join(TRAIN[6:12]) + "\n")  # the split no longer allows some hosts
+    with pytest.raises(FrameCatalogError, match="cut from .* id\\(s\\) outside frames.polyp_free_from.split"):
+        frame_catalog(config)

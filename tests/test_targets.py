@@ -117,7 +117,7 @@ def test_an_aimed_plan_holds_the_asked_sizes_and_says_why(tmp_path, mucosa):
 def test_plan_from_an_evaluation_prints_asked_against_planned_and_refuses_a_changed_one(tmp_path, capsys):
     evaluation = tmp_path / "eval.json"
     evaluation.write_text(json.dumps(report({"a": image(0.01, 0.1), "c": image(0.05, 0.6), "d": image(0.3, 0.9)})))
-    args = ["jobs/demo.yaml", "--set", "samples=64", "--set", "frames.limit=20", "--out", str(tmp_path),
+    args = ["jobs/mucosa.yaml", "--set", "samples=64", "--set", "frames.limit=20", "--out", str(tmp_path),
             "--from-evaluation", str(evaluation)]
     with pytest.raises(SystemExit) as done:
         main(["plan", *args])

@@ -35,6 +35,7 @@ from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import sample_mask_params, size_class_at
 from pipeline.plan.modality import frame_values, read_frame_metadata
+from pipeline.plan.polyp_free import ensure_polyp_free_frames
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.plan.prompts.schema import PromptSample
 from pipeline.plan.targets import LevelSampler, TargetsInfo, aim
@@ -253,6 +254,7 @@ def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
     prompt bank's and mask preset's content, the frame files the job names and the metadata CSV.
     Cheap (no frame is read: a frame whose bytes changed is caught when it is loaded)."""
     changed = []
+    ensure_polyp_free_frames(config.frames)  # a folder cut from other ids is refused before it is listed
     bank, preset = PromptBank.load(config.prompts.bank).digest(), MaskPreset.load(config.masks.preset).digest()
     if bank != meta.prompt_bank.digest:
         changed.append(f"the prompt bank {config.prompts.bank} changed (digest {bank}, planned with {meta.prompt_bank.digest})")
@@ -272,7 +274,9 @@ def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
 
 
 def frame_catalog(config: JobConfig) -> FrameCatalog:
-    """The job's frames, read and checked (decoding and detection release the GIL: threads)."""
+    """The job's frames (cut from a labelled set first when the job says so), read and checked
+    (decoding and detection release the GIL: threads)."""
+    ensure_polyp_free_frames(config.frames)
     return build_catalog(config.frames.source, config.frames.min_size, config.frames.limit, progress=True,
                          workers=min(8, os.cpu_count() or 1))
 

@@ -12,17 +12,21 @@ an experiment can refuse a synthetic set painted on an evaluation frame's surrou
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import FramesConfig
 from pipeline.core import storage
 from pipeline.core.digests import sha256_hex
 from pipeline.core.images import encode_png
-from pipeline.core.labelled import labelled_pairs, read_pair
+from pipeline.core.labelled import labelled_pairs, read_pair, read_split
 from pipeline.core.layout import CUT_SOURCES_FILE
 from pipeline.core.progress import progress_bar
 from pipeline.errors import FrameCatalogError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,3 +91,25 @@ def cut_polyp_free_frames(images: str, masks: str, out: str, split: str | None =
         raise FrameCatalogError(f"{masks}: no frame of the {len(pairs)} has a polyp-free strip of at least "
                                 f"{rule.min_side} px a side and {100 * rule.min_share:.0f}% of the frame")
     return CutSummary(out, len(pairs), len(shares), float(np.mean(shares)))
+
+
+def ensure_polyp_free_frames(frames: FramesConfig) -> None:
+    """Cut `frames.source` from `frames.polyp_free_from` when it has not been cut yet (its record of
+    sources, written last, is missing); refuse a folder cut from ids outside the named split, so an
+    edited split never keeps hosts it no longer allows (a test image must never become a host)."""
+    source = frames.polyp_free_from
+    if source is None:
+        return
+    record = storage.join(frames.source, CUT_SOURCES_FILE)
+    if not storage.exists(record):
+        log.info("cutting the polyp-free frames %s from %s (first use)", frames.source, source.masks)
+        log.info(cut_polyp_free_frames(source.images, source.masks, frames.source, source.split).line())
+        return
+    if source.split is None:
+        return
+    allowed = set(read_split(source.split, FrameCatalogError))
+    outside = sorted({entry["id"] for entry in json.loads(storage.read_bytes(record)).values()} - allowed)
+    if outside:
+        raise FrameCatalogError(f"frames.source: {frames.source}: cut from {len(outside)} id(s) outside "
+                                f"frames.polyp_free_from.split ({source.split}), e.g. {outside[0]}; delete the "
+                                "folder to cut it again, or name a new frames.source")

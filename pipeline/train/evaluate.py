@@ -57,9 +57,10 @@ class SetReport:
         return self.bins["size"]
 
     def figures(self) -> dict[str, float | None]:
-        """Flat figures for tables: the means, `miss_rate`, and `dice_<size>` / `miss_<size>` / `n_<size>`."""
+        """Flat figures for tables: the means, `miss_rate`, and `dice_<bin>` / `miss_<bin>` / `n_<bin>` for
+        the size and position bins (small, …, centre, periphery)."""
         out: dict[str, float | None] = {**self.mean, "miss_rate": self.miss_rate}
-        for name, figures in self.sizes.items():
+        for name, figures in (*self.bins["size"].items(), *self.bins["position"].items()):
             out.update({f"dice_{name}": figures.dice, f"miss_{name}": figures.miss_rate, f"n_{name}": figures.n})
         return out
 
