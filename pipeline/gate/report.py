@@ -27,7 +27,7 @@ from pipeline.gate.reference import Reference
 from pipeline.gate.verdicts import GateMetrics, SetMetrics
 from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING
 from pipeline.plan.plan import Plan
-from pipeline.plan.targets import shares_table, size_shares
+from pipeline.plan.targets import size_shares
 
 SHEET_SAMPLES = 12
 
@@ -127,13 +127,15 @@ def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
     generated = [areas[s] for s in run.sample_ids]
     columns = {"generated": size_shares(generated),
                "accepted": size_shares([a for a, keep in zip(generated, accepted) if keep])}
-    targets = Plan.read(layout.root).meta.targets
+    targets = Plan.read(layout.root).meta.targets if storage.exists(layout.plan) else None
     if targets is not None:
-        return "<pre>" + html.escape(shares_table(targets, columns)) + "</pre>"
-    labels = {name: label for name, _, _, label in SIZE_BINS}
-    return ("<table><tr><th>size</th>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
-            + "".join(f"<tr><th>{labels[b]}</th>" + "".join(f"<td>{shares[b]:.3f}</td>" for shares in columns.values())
-                      + "</tr>" for b in labels) + "</table>")
+        columns = {"natural": targets.natural, "asked": targets.asked, **columns}
+    head = "".join(f"<th>{name}</th>" for name in columns) + ("<th>why</th>" if targets else "")
+    rows = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{shares[name]:.3f}</td>" for shares in columns.values())
+                   + (f"<td style='text-align:left'>{html.escape(targets.why[name])}</td>" if targets else "") + "</tr>"
+                   for name, _, _, label in SIZE_BINS)
+    source = f"<p>Aimed with {html.escape(targets.source)}.</p>" if targets else ""
+    return f"{source}<table><tr><th>size</th>{head}</tr>{rows}</table>"
 
 
 def _img(data: bytes, alt: str) -> str:
