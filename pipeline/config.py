@@ -27,27 +27,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PolypFreeSourceConfig(_Section):
-    """A labelled real set whose frames' polyp-free sides become host frames (`frames polyp-free`)."""
+class LabelledSetConfig(_Section):
+    """A labelled real set (images/ + masks/) whose training split a job builds an input from: the
+    donor library, or host frames cut from the polyp-free side of its frames."""
 
     images: str = Field(description="folder of images (<id>.jpg/.png)")
-    masks: str = Field(description="folder of binary masks with the same ids")
-    split: str | None = Field(None, description="file of the ids to cut (one per line): a TRAINING split")
+    masks: str = Field(description="folder of binary masks with the same ids (JPEG masks are thresholded at 127)")
+    split: str | None = Field(None, description="file of the ids to use (one per line): the TRAINING split")
 
 
 class FramesConfig(_Section):
     """Where the normal (polyp-free) frames come from."""
 
     source: str = Field(description="folder, glob pattern or fsspec URL (s3://bucket/prefix/*.jpg)")
-    polyp_free_from: PolypFreeSourceConfig | None = Field(
-        None, description="cut `source` from this labelled set on first use: real framings (lumen, light "
-        "fall-off, the endoscope's field of view) decide realism more than the engine does")
+    polyp_free_from: LabelledSetConfig | None = Field(
+        None, description="cut `source` (a folder) from this labelled set on first use: real framings "
+        "(lumen, light fall-off, the endoscope's field of view) decide realism more than the engine does")
     min_size: int = Field(128, gt=0, description="frames smaller than this on either side are skipped")
     limit: int | None = Field(None, gt=0, description="use at most this many frames (sorted by URI)")
     metadata: str | None = Field(
         None, description="CSV with a 'frame' column (file name or URI) and prompt-bank axis columns "
         "(e.g. modality, location): values the frame decides, overriding modality detection"
     )
+
+    @model_validator(mode="after")
+    def _a_folder_to_cut_into(self) -> FramesConfig:
+        if self.polyp_free_from is not None and any(c in self.source for c in "*?["):
+            raise ValueError(f"source: {self.source}: polyp_free_from cuts frames into a folder, not a glob pattern")
+        return self
 
 
 class PromptsConfig(_Section):
@@ -145,14 +152,6 @@ class EngineConfig(_Section):
         return {**{key: getattr(self, key) for key in _SDXL_PIXEL_SETTINGS}, "algorithm": SDXL_ALGORITHM}
 
 
-class DonorSourceConfig(_Section):
-    """A labelled real set (images/ + masks/) whose training split becomes the donor library."""
-
-    images: str = Field(description="folder of images (<id>.jpg/.png)")
-    masks: str = Field(description="folder of binary masks with the same ids (JPEG masks are thresholded at 127)")
-    split: str | None = Field(None, description="file of the ids that may be donors (one per line): the TRAINING split")
-
-
 TRANSPLANT_ALGORITHM = 2
 """Raised whenever the transplant engine makes other pixels from the same settings (2: light
 reflections spared by the colour transfer), so a resumed run never mixes shards of two versions;
@@ -164,7 +163,7 @@ class TransplantEngineConfig(_Section):
 
     kind: Literal["transplant"]
     donors: str = Field(description="donor library (Parquet, from `polyp-synth donors build`)")
-    donors_source: DonorSourceConfig | None = Field(
+    donors_source: LabelledSetConfig | None = Field(
         None, description="build `donors` from this labelled set when the file is missing; None: it must exist"
     )
     blend: Literal["alpha", "pyramid", "poisson"] = Field(
@@ -294,7 +293,8 @@ class JobConfig(_Section):
         output are not in it: changing them must not orphan a run."""
         return json_digest({
             "seed": self.seed, "samples": self.samples, "shard_size": self.shard_size,
-            **self.model_dump(mode="json", include={"frames", "prompts", "masks"}),
+            **self.model_dump(mode="json", include={"frames", "prompts", "masks"},
+                              exclude={"frames": {"polyp_free_from"}} if self.frames.polyp_free_from is None else None),
             **({"targets": self.targets.model_dump(mode="json")} if self.targets else {}),
             "engine": {"kind": self.engine.kind, **self.engine.pixel_settings()},
         })

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.labelled import binary_label
-from pipeline.errors import FrameCatalogError
+from pipeline.errors import ConfigError, FrameCatalogError
 from pipeline.plan.polyp_free import StripRule, cut_polyp_free_frames, polyp_free_strip
 from pipeline.testing.data import shared_data
 
@@ -71,3 +71,9 @@ def test_a_job_cuts_its_host_frames_on_first_use_and_refuses_a_folder_cut_from_o
     split.write_text("\n".join(TRAIN[6:12]) + "\n")  # the split no longer allows some hosts
     with pytest.raises(FrameCatalogError, match="cut from .* id\\(s\\) outside frames.polyp_free_from.split"):
         frame_catalog(config)
+    split.write_text("\n".join(TRAIN[:12]) + "\n")
+    (tmp_path / "hosts" / "stray.png").write_bytes(next((tmp_path / "hosts").glob("*.png")).read_bytes())
+    with pytest.raises(FrameCatalogError, match="holds stray.png, which its cut_from.json does not list"):
+        frame_catalog(config)
+    with pytest.raises(ConfigError, match="not a glob pattern"):
+        config_from_dict({"frames": {"source": str(tmp_path / "*.png"), "polyp_free_from": source}})

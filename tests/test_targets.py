@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import TargetsConfig, config_from_dict
-from pipeline.core.lesion_bins import size_bin
 from pipeline.errors import ConfigError
 from pipeline.plan.frames import build_catalog
 from pipeline.plan.masks.preset import MaskPreset
@@ -32,7 +31,10 @@ def test_water_filling_caps_a_bin_at_k_times_its_natural_share_and_shares_the_re
     assert shares["small"] == pytest.approx(0.15)  # capped: 3 × 0.05
     assert shares["medium"] == pytest.approx(shares["large"]) == pytest.approx(0.425)  # equal weights share the rest
     assert water_fill(natural, natural, 3.0) == pytest.approx(natural)  # natural weights: nothing moves
-    assert water_fill(natural, {"small": 1.0, "medium": 0.0, "large": 0.0}, 1.5)["medium"] == 0.0
+    only_small = water_fill(natural, {"small": 1.0, "medium": 0.0, "large": 0.0}, 1.5)
+    assert sum(only_small.values()) == pytest.approx(1.0) and only_small["small"] == pytest.approx(0.075)
+    assert only_small["medium"] / only_small["large"] == pytest.approx(0.3 / 0.65)  # the rest, by natural share
+    assert water_fill(natural, {}, 3.0) == pytest.approx(natural)
 
 
 def test_natural_shares_are_the_preset_levels_of_the_bin_edges():
@@ -80,6 +82,10 @@ def test_bad_targets_are_refused_naming_the_field_or_file(tmp_path):
     (tmp_path / "negatives.json").write_text(json.dumps({"sets": [{"data": "free", "fp_rate": 0.1}]}))
     with pytest.raises(ConfigError, match="negatives.json: no labelled set with per-bin results"):
         aim(TargetsConfig(from_evaluation=str(tmp_path / "negatives.json")), PRESET)
+    empty = {"sets": [{"data": "x", "bins": {"size": {"small": {"n": 0}, "medium": {"n": 0}}}}]}
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    with pytest.raises(ConfigError, match="empty.json: no evaluated image in any size bin"):
+        aim(TargetsConfig(from_evaluation=str(tmp_path / "empty.json")), PRESET)
     with pytest.raises(ConfigError, match="missing.json: no such evaluation report"):
         aim(TargetsConfig(from_evaluation=str(tmp_path / "missing.json")), PRESET)
 
@@ -109,7 +115,6 @@ def test_an_aimed_plan_holds_the_asked_sizes_and_says_why(tmp_path, mucosa):
     # the prompt names the size class the lesion's level lies in: a 0.5 % lesion is never "large"
     sizes = [a["size"] for a in aimed.table.column("attributes").to_pylist()]
     assert {s for s, area in zip(sizes, areas) if area < 0.01} <= {"diminutive", "small"}
-    assert all(size_bin(a) for a in areas)
     again = build_plan(job(tmp_path, **{"targets.size": "{small: 1, medium: 1, large: 1}"}), catalog=mucosa)
     assert again.table.equals(aimed.table)  # the same config gives the same plan
 

@@ -222,3 +222,18 @@ def test_polyp_free_frames_of_a_labelled_set_are_no_lesions_to_size_or_miss():
              "free, fired": segment_metrics(label, empty)}
     sizes = by_bins(items)["size"]
     assert sizes["small"].n == 1 and sizes["small"].dice == 1.0 and sum(f.n for f in sizes.values()) == 1
+
+
+def test_a_metadata_csv_is_read_or_refused_in_one_line(tmp_path):
+    from pipeline.train.evaluate import read_metadata
+
+    (tmp_path / "meta.csv").write_text("id,paris,site\n10,0-Is,A\n11,0-IIa,\n")
+    assert read_metadata(str(tmp_path / "meta.csv")) == {"10": {"paris": "0-Is", "site": "A"}, "11": {"paris": "0-IIa"}}
+    (tmp_path / "clash.csv").write_text("id,size\n10,large\n")
+    with pytest.raises(TrainError, match="column 'size' names a bin measured from the labels"):
+        read_metadata(str(tmp_path / "clash.csv"))
+    with pytest.raises(TrainError, match="missing.csv: no such --metadata file"):
+        read_metadata(str(tmp_path / "missing.csv"))
+    (tmp_path / "noid.csv").write_text("image,paris\n10,0-Is\n")
+    with pytest.raises(TrainError, match="expected a CSV with an 'id' column"):
+        read_metadata(str(tmp_path / "noid.csv"))

@@ -86,10 +86,11 @@ def cut_polyp_free_frames(images: str, masks: str, out: str, split: str | None =
         storage.write_bytes_atomic(storage.join(out, f"{pair.id}.png"), encode_png(frame.rgb[y0:y1, x0:x1]))
         cut_from[f"{pair.id}.png"] = {"id": pair.id, "sha256": sha256_hex(frame.data)}
         shares.append((x1 - x0) * (y1 - y0) / frame.label.size)
-    storage.write_bytes_atomic(storage.join(out, CUT_SOURCES_FILE), json.dumps(cut_from, indent=1).encode())
     if not shares:
         raise FrameCatalogError(f"{masks}: no frame of the {len(pairs)} has a polyp-free strip of at least "
                                 f"{rule.min_side} px a side and {100 * rule.min_share:.0f}% of the frame")
+    # written last: a folder without it is an unfinished cut
+    storage.write_bytes_atomic(storage.join(out, CUT_SOURCES_FILE), json.dumps(cut_from, indent=1).encode())
     return CutSummary(out, len(pairs), len(shares), float(np.mean(shares)))
 
 
@@ -105,10 +106,15 @@ def ensure_polyp_free_frames(frames: FramesConfig) -> None:
         log.info("cutting the polyp-free frames %s from %s (first use)", frames.source, source.masks)
         log.info(cut_polyp_free_frames(source.images, source.masks, frames.source, source.split).line())
         return
+    cut_from = json.loads(storage.read_bytes(record))
+    strays = sorted(set(storage.list_names(frames.source)) - set(cut_from) - {CUT_SOURCES_FILE})
+    if strays:  # left by an interrupted cut of another split: not hosts this record vouches for
+        raise FrameCatalogError(f"frames.source: {frames.source}: holds {strays[0]}, which its {CUT_SOURCES_FILE} "
+                                "does not list; delete the folder to cut it again")
     if source.split is None:
         return
     allowed = set(read_split(source.split, FrameCatalogError))
-    outside = sorted({entry["id"] for entry in json.loads(storage.read_bytes(record)).values()} - allowed)
+    outside = sorted({entry["id"] for entry in cut_from.values()} - allowed)
     if outside:
         raise FrameCatalogError(f"frames.source: {frames.source}: cut from {len(outside)} id(s) outside "
                                 f"frames.polyp_free_from.split ({source.split}), e.g. {outside[0]}; delete the "

@@ -12,7 +12,7 @@ Aimed, the level is drawn from a density that is uniform inside each bin and giv
 (water-filling: bins whose weight would take them past k times their natural share stop there and
 the rest share what is left in proportion to their weights). From an evaluation, w_b = n_b · (1 − D_b)
 with D_b the bin's Dice pooled over the report's labelled sets (weighted by their image counts): a bin
-twice as far from perfect gets twice its natural share, up to k. A bin no evaluated image falls in
+twice as far from a perfect Dice gets twice the boost of the other, up to k times its natural share. A bin no evaluated image falls in
 keeps the mean deficit. Inside a bin the preset's shapes are unchanged; only how often each size
 comes up moves, and the prompt's size class follows the drawn level.
 """
@@ -61,18 +61,24 @@ def natural_shares(preset: MaskPreset) -> dict[str, float]:
 
 
 def water_fill(natural: dict[str, float], weights: dict[str, float], max_boost: float) -> dict[str, float]:
-    """s_b = min(k · n_b, λ · w_b) with Σ s_b = 1 (the module's formula); bins of zero weight get 0."""
-    shares, free = {}, {b for b in natural if weights.get(b, 0) > 0}
+    """s_b = min(k · n_b, λ · w_b) with Σ s_b = 1 (the module's formula). When every weighted bin is
+    capped, what is left goes to the bins of zero weight in proportion to their natural shares (each
+    stays below its natural share); no weight at all leaves the natural shares."""
+    free = [b for b in natural if weights.get(b, 0) > 0]
+    shares: dict[str, float] = {}
     while free:
         budget = 1.0 - sum(shares.values())
         total = sum(weights[b] for b in free)
-        capped = {b for b in free if budget * weights[b] / total > max_boost * natural[b]}
+        capped = [b for b in free if budget * weights[b] / total > max_boost * natural[b]]
         if not capped:
             shares.update({b: budget * weights[b] / total for b in free})
-            break
+            return {b: shares.get(b, 0.0) for b in natural}
         shares.update({b: max_boost * natural[b] for b in capped})
-        free -= capped
-    return {b: shares.get(b, 0.0) for b in natural}
+        free = [b for b in free if b not in capped]
+    rest = [b for b in natural if b not in shares]
+    left, mass = 1.0 - sum(shares.values()), sum(natural[b] for b in rest)
+    shares.update({b: left * natural[b] / mass if mass else 0.0 for b in rest})
+    return {b: shares[b] for b in natural}
 
 
 def pooled_dice(report: dict, source: str) -> dict[str, tuple[int, float | None]]:
@@ -83,9 +89,11 @@ def pooled_dice(report: dict, source: str) -> dict[str, tuple[int, float | None]
                           "(write it with `polyp-synth evaluate CHECKPOINT --data DIR[:SPLIT] --json FILE`)")
     pooled = {}
     for name in BIN_NAMES:
-        figures = [s["bins"]["size"][name] for s in sets if s["bins"]["size"][name]["n"]]
+        figures = [f for f in (s["bins"].get("size", {}).get(name) or {} for s in sets) if f.get("n")]
         n = sum(f["n"] for f in figures)
         pooled[name] = (n, sum(f["n"] * f["dice"] for f in figures) / n if n else None)
+    if not any(n for n, _ in pooled.values()):
+        raise ConfigError(f"targets.from_evaluation: {source}: no evaluated image in any size bin")
     return pooled
 
 

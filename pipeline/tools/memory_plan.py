@@ -209,17 +209,22 @@ def training_footprint(config: FinetuneConfig) -> tuple[TrainingFootprint, str]:
             if isinstance(layer, torch.nn.Linear) and any(name == t or name.endswith(f".{t}") for t in config.lora.targets):
                 layer.weight.requires_grad_(True)  # LoRA's stand-in
                 lora += config.lora.rank * (layer.in_features + layer.out_features)
+        counting, seen = _saved_bytes(unet)
         blocks: list[int] = []
         if train.gradient_checkpointing:
-            def block(module, *args):  # runs the block, counting what it saves: its recomputation's peak
-                counting, seen = _saved_bytes(module)
-                with counting:
+            def block(module, *args):
+                """Runs a block as checkpointing does: it keeps its inputs (counted with the rest) and
+                what it saves inside is counted apart, as the peak of its recomputation."""
+                for arg in args:
+                    if isinstance(arg, torch.Tensor):
+                        seen[arg.untyped_storage()._cdata] = arg.untyped_storage().nbytes()
+                inner, inside = _saved_bytes(module)
+                with inner:
                     out = module(*args)
-                blocks.append(sum(seen.values()))
+                blocks.append(sum(inside.values()))
                 return out
 
             unet.enable_gradient_checkpointing(block)
-        counting, seen = _saved_bytes(unet)
         with counting:
             unet(**_unet_inputs(unet, 1, engine.resolution))
     state = 16 if train.optimizer != "adamw8bit" else 10  # fp32 LoRA, gradient, two moments (8-bit: 1 byte each)
@@ -231,7 +236,7 @@ def training_table(config: FinetuneConfig, memory: int) -> str:
     """A Markdown line of the largest fine-tuning batch per worker on a GPU of `memory` bytes."""
     fp, source = training_footprint(config)
     batch = fp.largest_batch(memory)
-    optimizer = "8-bit AdamW" if config.train.optimizer == "adamw8bit" else "AdamW"
+    optimizer = {"adamw8bit": "8-bit AdamW", "adamw": "AdamW"}.get(config.train.optimizer, "auto (counted as AdamW)")
     return "\n".join([
         f"fine-tuning on a GPU of {memory / GIB:.0f} GiB (engine dtype {config.engine.dtype}, LoRA rank "
         f"{config.lora.rank}, {optimizer}, gradient checkpointing {'on' if config.train.gradient_checkpointing else 'off'}); "

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from pipeline.core import storage
 from pipeline.core.devices import resolve_device
+from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.core.progress import ProgressReporter
 from pipeline.data.sources import (
     DataSpec,
@@ -22,8 +24,6 @@ from pipeline.data.sources import (
     unlabelled_files,
 )
 from pipeline.errors import TrainError
-from pipeline.core import storage
-from pipeline.core.lesion_bins import SIZE_BINS
 from pipeline.segmenter.metrics import (
     METRICS,
     BinFigures,
@@ -88,10 +88,14 @@ class NegativesReport:
 
 
 def read_metadata(url: str) -> dict[str, dict[str, str]]:
-    """A metadata CSV: an `id` column (image file stems), then one column per attribute to bin by."""
-    rows = list(csv.DictReader(storage.read_bytes(url).decode().splitlines()))
+    """A metadata CSV: an `id` column (image file stems), then one column per attribute to bin by
+    (not `size` or `position`: those bins are measured from the labels)."""
+    rows = list(csv.DictReader(storage.read_text(url, TrainError, "--metadata").splitlines()))
     if not rows or "id" not in rows[0]:
         raise TrainError(f"--metadata {url}: expected a CSV with an 'id' column (image file stems) and attribute columns")
+    taken = sorted(set(rows[0]) & {"size", "position"})
+    if taken:
+        raise TrainError(f"--metadata {url}: column {taken[0]!r} names a bin measured from the labels; rename it")
     return {row.pop("id"): {k: v for k, v in row.items() if v not in (None, "")} for row in rows}
 
 
