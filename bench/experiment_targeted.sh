@@ -31,9 +31,10 @@ $BIN/polyp-synth generate jobs/experiment-targeted.yaml --set run_id=exp-targete
     --set targets.from_evaluation=runs/exp/real-100-eval.json
 $BIN/polyp-synth preview --config jobs/experiment-targeted.yaml --set run_id=exp-targeted-n100 \
     --set targets.from_evaluation=runs/exp/real-100-eval.json --out runs/exp/targeted-preview.png
-# 3. does aiming help? real only, its compute control, and both sets at equal epochs and equal steps
+# 3. does aiming help? real only, its compute control, both sets at equal epochs and equal steps, and
+#    targeted held against untargeted (the reference: named first) seed by seed
 $BIN/polyp-synth experiment --real "$KVASIR:train" --real-n 100 \
-    --synthetic targeted=runs/exp-targeted-n100 --synthetic untargeted=runs/exp-untargeted-n100 \
+    --synthetic untargeted=runs/exp-untargeted-n100 --synthetic targeted=runs/exp-targeted-n100 \
     --ratios 0,1 --seeds "$SEEDS" --eval "$KVASIR:test" --eval "$KVASIR:runs/exp/heldout-401.txt" \
     --eval-negatives runs/exp/test-polyp-free --size "$SIZE" --epochs "$EPOCHS" --batch-size 8 \
     --out "runs/exp/targeted-$SIZE-e$EPOCHS-s$SEEDS"

@@ -260,3 +260,34 @@ def test_trials_with_a_synthetic_arm_run_as_ray_tasks(tmp_path, evaluation):
         torch.set_num_threads(threads)
     # the same trials in-process: Ray changes where trials run, not what they learn
     assert {r.trial.key: r.metrics for r in results} == {r.trial.key: r.metrics for r in local}
+
+
+def test_each_generator_is_held_against_the_first_named_at_the_same_ratio_and_budget():
+    """Paired by seed: the second set against the reference set, never against itself or across budgets."""
+    from pipeline.train.summary import summarise, summary_markdown
+    from pipeline.train.trial import Trial, TrialResult
+
+    def result(synthetic, budget, seed, dice, miss_small):
+        return TrialResult(trial=Trial(synthetic=synthetic, ratio=0.0 if synthetic is None else 1.0, seed=seed,
+                                       budget=budget), real_ids=[], synthetic_per_epoch=0, steps=1, samples_seen=1,
+                           epochs=1, seconds=0.0,
+                           metrics={"eval": {"dice": dice, "miss_rate": 0.1, "dice_small": dice / 2,
+                                             "miss_small": miss_small}})
+
+    seeds = range(5)
+    results = [result(None, "epochs", s, 0.5 + s / 100, 0.5) for s in seeds]
+    for budget in ("epochs", "steps"):
+        results += [result("untargeted", budget, s, 0.6 + s / 100, 0.5) for s in seeds]
+        results += [result("targeted", budget, s, 0.62 + s / 100 + (s % 2) / 1000, 0.5 - 0.1 * (s % 3 + 1))
+                    for s in seeds]
+    summary = summarise(results, reference="untargeted")
+    against = {(c.arm, c.figure): c for c in summary.comparisons if c.control.startswith("untargeted")}
+    assert {arm for arm, _ in against} == {"targeted r1, equal epochs", "targeted r1, equal steps"}
+    dice = against[("targeted r1, equal epochs", "dice")]
+    assert dice.control == "untargeted r1, equal epochs" and dice.verdict == "better"
+    assert abs(dice.difference.mean - 0.0204) < 1e-9
+    miss = against[("targeted r1, equal steps", "miss_small")]
+    assert miss.verdict == "better" and abs(miss.difference.mean + 0.18) < 1e-9  # fewer small polyps missed
+    assert "| targeted r1, equal steps | untargeted r1, equal steps |" in summary_markdown(summary)
+    assert "miss <2%" in summary_markdown(summary)
+    assert not any(c.control.startswith("untargeted") for c in summarise(results).comparisons)  # no reference named

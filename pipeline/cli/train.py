@@ -61,11 +61,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ratios {args.ratios!r}: expected numbers separated by commas, e.g. 0,0.5,1,2") from None
     trainer_settings = settings(TrainSettings, args, ("encoder", "size", "epochs", "batch_size", "lr", "workers",
                                                       "device"))
-    results = run_experiment(ExperimentSpec(real=args.real, synthetic=synthetic, evals=args.eval, ratios=ratios,
-                                            seeds=args.seeds, real_n=args.real_n, settings=trainer_settings,
-                                            out=args.out, negatives=args.eval_negatives or [],
-                                            executor=args.executor))
-    print(summary_markdown(summarise(results)))
+    spec = ExperimentSpec(real=args.real, synthetic=synthetic, evals=args.eval, ratios=ratios, seeds=args.seeds,
+                          real_n=args.real_n, settings=trainer_settings, out=args.out,
+                          negatives=args.eval_negatives or [], executor=args.executor)
+    print(summary_markdown(summarise(run_experiment(spec), reference=spec.reference)))
     return 0
 
 
@@ -123,7 +122,8 @@ def register(add: AddCommand) -> None:
             "several ratios and seeds, at equal epochs and equal steps")
     p.add_argument("--real", required=True, metavar="DIR[:SPLIT]")
     p.add_argument("--synthetic", action="append", required=True, metavar="[NAME=]EXPORT",
-                   help="synthetic set (export, run or shards), optionally named; repeatable (e.g. gated=…, ungated=…)")
+                   help="synthetic set (export, run or shards), optionally named; repeatable (e.g. transplant=…, sdxl=…): "
+                        "the first named is the reference the others are also held against")
     p.add_argument("--ratios", default="0,0.5,1,2")
     p.add_argument("--seeds", type=count, default=5, help="seeds per arm (default 5; differences are paired by seed)")
     p.add_argument("--eval", action="append", required=True, metavar="DIR[:SPLIT]", help="held-out real set; repeatable")

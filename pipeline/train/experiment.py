@@ -62,6 +62,11 @@ class ExperimentSpec:
     ray_address: str | None = None  # None: RAY_ADDRESS, or a local Ray
     trial_timeout_s: float = 24 * 3600.0  # longest wait for the next trial to finish
 
+    @property
+    def reference(self) -> str | None:
+        """The synthetic set the others are held against: the first named."""
+        return next(iter(self.synthetic), None)
+
     def digest(self, content: dict[str, Any]) -> str:
         """What a trial's result depends on besides the trial itself: data (named, and `content`: the
         digests of its files, so data regenerated at the same path is another experiment), evaluation
@@ -167,7 +172,7 @@ def run_experiment(spec: ExperimentSpec) -> list[TrialResult]:
             handle.write(result.model_dump_json() + "\n")
         done[result.trial.key] = result
     results = [done[trial.key] for trial in todo]
-    write_summary(summarise(results), layout)
+    write_summary(summarise(results, reference=spec.reference), layout)
     return results
 
 

@@ -4,7 +4,9 @@ paired difference with its 95 % interval (`paired`); written as `summary.json`, 
 
 Controls: an arm at equal epochs is held against real only and against the compute control of its
 ratio (real only, as many steps); an arm at equal steps against real only (the same steps); the
-compute control itself against real only (what training longer alone gives).
+compute control itself against real only (what training longer alone gives). With several synthetic
+sets, each is also held against the reference set (the first named: transplant, or the untargeted
+set) at the same ratio and budget, so one generator is measured against another seed by seed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from pipeline.train.trial import TrialResult
 
 REAL_ONLY = "real only"
 LOWER_IS_BETTER = {"hd95", "miss_rate", "fp_rate", *(f"miss_{name}" for name, *_ in SIZE_BINS)}
-COMPARED = ("dice", "iou", "hd95", *(f"dice_{name}" for name, *_ in SIZE_BINS), "miss_rate", "fp_rate")
+SMALLEST = SIZE_BINS[0][0]
+SHOWN = ("dice", "iou", "hd95", *(f"dice_{name}" for name, *_ in SIZE_BINS), "miss_rate", f"miss_{SMALLEST}")
+"""Figures of a labelled evaluation set in the tables: the miss rate overall and on the smallest polyps,
+which segmenters miss most."""
+COMPARED = (*SHOWN, "fp_rate")
 """Figures the paired differences are given for (those an evaluation set has)."""
 _SIZE_LABELS = {name: label for name, _, _, label in SIZE_BINS}
 
@@ -128,7 +134,8 @@ def _compare(arm: tuple[str, list[TrialResult]], control: tuple[str, list[TrialR
     return out
 
 
-def summarise(results: list[TrialResult]) -> Summary:
+def summarise(results: list[TrialResult], reference: str | None = None) -> Summary:
+    """Arms and their paired comparisons; `reference` names the synthetic set the others are held against."""
     grouped = _arms(results)
     arms = []
     order = {"epochs": 0, "compute": 1, "steps": 2}  # real only, then its compute controls, then each set's arms
@@ -151,6 +158,9 @@ def summarise(results: list[TrialResult]) -> Summary:
         compute = labelled.get((REAL_ONLY, ratio, "compute"))
         if budget == "epochs" and compute is not None:
             comparisons += _compare(arm, compute)
+        other = labelled.get((reference, ratio, budget))
+        if name not in (REAL_ONLY, reference) and other is not None:
+            comparisons += _compare(arm, other)
     return Summary(rule=BATCH_RULE, arms=arms, comparisons=comparisons)
 
 
@@ -184,8 +194,7 @@ def summary_markdown(summary: Summary) -> str:
     lines = [f"Budget rule: {summary.rule}.", ""]
     for data in summary.sets:
         labelled = "dice" in summary.arms[0].metrics[data]
-        figures = [f for f in (("dice", "iou", "hd95", *(f"dice_{n}" for n, *_ in SIZE_BINS), "miss_rate")
-                               if labelled else ("fp_rate",))]
+        figures = list(SHOWN if labelled else ("fp_rate",))
         sizes = {n: summary.arms[0].metrics[data].get(f"n_{n}") for n, *_ in SIZE_BINS} if labelled else {}
         counts = ", ".join(f"{_SIZE_LABELS[n]}: {int(s.mean)}" for n, s in sizes.items() if s and s.mean is not None)
         lines += [f"## {data}" + (f" (images by lesion size: {counts})" if counts else ""), ""]
