@@ -85,6 +85,26 @@ class TargetsConfig(_Section):
         return self
 
 
+NEGATIVE_KINDS = ("frame", "lookalike")
+LOOKALIKE_KINDS = ("specular", "bubble", "fold", "stool")
+
+
+class NegativesConfig(_Section):
+    """Hard negatives: samples whose label is empty, so trainers learn where not to fire: the
+    polyp-free frame as it is (`frame`), or with a polyp-like distractor painted in without a label
+    (`lookalike`: a specular cluster, bubbles, a fold, a stool fragment)."""
+
+    ratio: float = Field(gt=0, le=4, description="negatives per polyp sample: 0.25 makes one sample in five a negative")
+    kinds: list[Literal["frame", "lookalike"]] = Field(list(NEGATIVE_KINDS), min_length=1)
+    lookalikes: list[Literal["specular", "bubble", "fold", "stool"]] = Field(
+        list(LOOKALIKE_KINDS), min_length=1, description="the distractors a lookalike draws from")
+
+    @property
+    def share(self) -> float:
+        """The chance that a planned sample is a negative: ratio / (1 + ratio)."""
+        return self.ratio / (1 + self.ratio)
+
+
 TINY_MODEL_ID = "testing/tiny-random"
 """The only name under which a job reaches random weights (a tiny SDXL built locally, for tests): a
 model path the user typed never builds one."""
@@ -239,6 +259,9 @@ class GateConfig(_Section):
     realism_min: float | None = Field(0.85, description="k-NN realism score of the label's crop against the "
                                                        "reference's lesion crops (1 = inside them)")
     duplicate_similarity_max: float | None = Field(0.995, description="cosine similarity of features to another sample")
+    negative_lesion_max: float | None = Field(0.01, description="hard negatives (empty labels), with gate.segmenter: "
+                                              "the share of the image it marks as lesion; above it, a lesion was "
+                                              "found where the label says there is none")
     segmenter: str | None = Field(None, description="segmentation checkpoint (polyp-synth train, on real data): "
                                                     "turns on the label_mismatch check")
     label_iou_min: float | Literal["auto"] | None = Field(
@@ -269,6 +292,7 @@ class JobConfig(_Section):
     prompts: PromptsConfig = PromptsConfig()
     masks: MasksConfig = MasksConfig()
     targets: TargetsConfig | None = None
+    negatives: NegativesConfig | None = None
     engine: AnyEngineConfig = EngineConfig()
     executor: ExecutorConfig = ExecutorConfig()
     gate: GateConfig = GateConfig()
@@ -296,6 +320,7 @@ class JobConfig(_Section):
             **self.model_dump(mode="json", include={"frames", "prompts", "masks"},
                               exclude={"frames": {"polyp_free_from"}} if self.frames.polyp_free_from is None else None),
             **({"targets": self.targets.model_dump(mode="json")} if self.targets else {}),
+            **({"negatives": self.negatives.model_dump(mode="json")} if self.negatives else {}),
             "engine": {"kind": self.engine.kind, **self.engine.pixel_settings()},
         })
 

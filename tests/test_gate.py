@@ -106,6 +106,12 @@ def gated(tmp_path_factory, reference_dir):
     moved = remove_lesion(image, mask)
     moved[: SIDE // 4] = 0  # the top of the frame changed: outside the repaint region
     samples.append(RunSample(image, mask, moved, "leaked", test_ids[85]))
+    for path in sorted((shared_data() / "normal-mucosa").glob("*.jpg"))[600:604]:  # hard negatives: empty labels
+        frame = load_frame(str(path))
+        samples.append(RunSample(frame, np.zeros(frame.shape[:2], np.uint8), frame.copy(), "negative", path.stem))
+    for image_id in test_ids[86:90]:  # "negatives" that hold a polyp nobody labelled
+        image, mask = _kvasir(image_id)
+        samples.append(RunSample(image, np.zeros_like(mask), image.copy(), "unlabelled_polyp", image_id))
 
     run_dir = str(root / "run")
     image_run(run_dir, samples, shard_size=32, frames_dir=str(root / "frames"), random_weights=True)
@@ -157,12 +163,25 @@ def test_unpainted_no_lesion_duplicate_and_leaked_samples(gated):
     assert "leaked" in _reasons(verdicts, kinds, "leaked")[0]
 
 
+def test_hard_negatives_are_not_judged_as_lesions_nor_counted_in_the_lesion_figures(gated):
+    """Empty labels pass the checks of a painted lesion untouched (none judges them); without
+    gate.segmenter nothing can tell a polyp nobody labelled (the segmenter's check: test_train)."""
+    _, _, outcome, verdicts, kinds = gated
+    assert _reasons(verdicts, kinds, "negative") == [[]] * 4
+    assert _reasons(verdicts, kinds, "unlabelled_polyp") == [[]] * 4
+    counts = outcome.metrics.samples
+    assert (counts.negatives, counts.negatives_accepted) == (8, 8)
+    assert outcome.metrics.run.n == len(kinds) - 8  # the set figures are of the polyp samples
+    assert "(8/8 hard negatives)" in outcome.line()
+
+
 def test_outputs_reader_report_and_regate_from_cache(gated, reference_dir, capsys):
     run_dir, _, outcome, verdicts, _ = gated
     result = load_gate(run_dir)
     assert result.accepted_ids == {v["sample_id"] for v in verdicts if v["accepted"]}
     assert result.reference.images == 60 and result.metrics.random_weights
-    assert result.metrics.run.kid is not None and result.metrics.accepted.n == len(result.accepted_ids)
+    negatives = result.metrics.samples.negatives_accepted  # counted apart from the lesion figures
+    assert result.metrics.run.kid is not None and result.metrics.accepted.n == len(result.accepted_ids) - negatives
     page = (Path(run_dir) / "gate" / "report.html").read_text()
     assert "RANDOM model weights" in page and page.count("data:image/png;base64,") >= 9
     assert "src=\"http" not in page and "<img alt=\"rejected\"" in page

@@ -187,11 +187,22 @@ def test_label_mismatch_check_in_the_gate_registry(tmp_path):
     off = {name: None for name in ("blank_std_min", "saturated_fraction_max", "unpainted_ms_ssim_max",
                                    "leaked_fraction_max", "lesion_score_min", "realism_min", "duplicate_similarity_max",
                                    "shard_kid_max")}
-    reasons = checks.judge({**only, "label_iou": scores, "features_finite": np.ones(3)}, config.model_copy(update=off), 3)
+    reasons = checks.judge({**only, "label_iou": scores, "features_finite": np.ones(3)}, config.model_copy(update=off),
+                           np.zeros(3, bool))
     assert reasons[1:] == [[], ["label_mismatch"]]
     assert checks.judge({**only, "label_iou": scores, "features_finite": np.ones(3)},
-                        GateConfig(**off), 3) == [[], [], []]  # off without a segmenter
+                        GateConfig(**off), np.zeros(3, bool)) == [[], [], []]  # off without a segmenter
     assert np.isnan(checks.pixel_scorers(GateConfig())["label_iou"](samples)).all()
+
+    # a hard negative (empty label): not a label to match, but an image where nothing may be found
+    area = checks.pixel_scorers(config)["negative_lesion_area"]
+    empty = checks.Sample("negative", image, np.zeros_like(mask), None, None, {})
+    assert area([empty, samples[0]])[0] == prediction.mean() > 0 and np.isnan(area([samples[0]])[0])
+    assert np.isnan(scorer([empty])[0])
+    one = {spec.score: np.full(1, np.nan) for spec in checks.CHECKS}
+    reasons = checks.judge({**one, "negative_lesion_area": area([empty]), "features_finite": np.ones(1)},
+                           config.model_copy(update=off), np.ones(1, bool))
+    assert reasons == [["lesion_in_negative"]]  # the polyp image it was trained on, given an empty label
 
 
 def test_the_label_bound_follows_the_segmenters_own_iou_on_held_out_real_images(tmp_path):

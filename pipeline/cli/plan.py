@@ -60,6 +60,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     url = plan.write(config.run_dir())
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
           f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")
+    if plan.negatives:
+        print(f"hard negatives (empty labels): {sum(plan.negatives.values())}, "
+              + ", ".join(f"{shows} {count}" for shows, count in plan.negatives.items()))
     if plan.meta.targets:
         from pipeline.plan.targets import planned_areas, shares_table, size_shares
 

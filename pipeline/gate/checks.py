@@ -17,13 +17,19 @@ scorer with an `identity` attribute, such as that checkpoint's checksum, is part
 Gates fail closed: a check that is on but cannot score a sample (its source frame cannot be read,
 its features are not finite) rejects it as `unscored`, unless `gate.unscored_allowed` names the
 check. Only `shard_kid` has samples it does not apply to (a shard of one sample has no KID).
+
+Hard negatives (samples with an empty label) are judged by what they are: the checks of a painted
+lesion (unpainted, leaked, no_lesion, unrealistic, label_mismatch, shard_kid) do not apply to them,
+and `lesion_in_negative` applies to them alone: with `gate.segmenter`, no lesion may be found where
+the label has none. (The lesion probe cannot judge them: it learned Kvasir-SEG lesion crops against
+another dataset's mucosa, and calls a whole Kvasir-SEG framing a polyp.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -119,6 +125,11 @@ class CheckSpec:
     bound: Callable[[GateConfig], float | None]
     scorer: Callable[[GateConfig], PixelScorer] | None = None  # None: a feature or shard score, computed by the gate
     nan_applies: bool = True  # False: a NaN score means the check does not apply (not that it could not score)
+    applies: Literal["all", "lesions", "negatives"] = "all"  # samples with a label, with an empty one, or both
+
+    def judged(self, negative: np.ndarray) -> np.ndarray:
+        """Which samples this check judges, given which have an empty label."""
+        return {"all": np.ones_like(negative), "lesions": ~negative, "negatives": negative}[self.applies]
 
     def failed(self, values: np.ndarray, config: GateConfig) -> np.ndarray:
         """Where the bound fails (NaN never does: see `unscored`)."""
@@ -142,6 +153,16 @@ def label_iou(config: GateConfig) -> PixelScorer:
     from pipeline.gate.label_check import LabelIoUScorer
 
     return LabelIoUScorer(config.segmenter, config.device)
+
+
+def predicted_area(config: GateConfig) -> PixelScorer:
+    """The share of each hard negative's image `gate.segmenter` marks as lesion (NaN, never failing,
+    without a segmenter, and for labelled samples)."""
+    if config.segmenter is None:
+        return lambda samples: np.full(len(samples), np.nan)
+    from pipeline.gate.label_check import PredictedAreaScorer
+
+    return PredictedAreaScorer(config.segmenter, config.device)
 
 
 def label_bound(config: GateConfig) -> float | None:
@@ -179,13 +200,17 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("non_finite", "features_finite", True, lambda c: 0.5),
     CheckSpec("blank", "grey_std", True, lambda c: c.blank_std_min, _fixed(each(grey_std))),
     CheckSpec("saturated", "saturated_fraction", False, lambda c: c.saturated_fraction_max, _fixed(each(saturated_fraction))),
-    CheckSpec("unpainted", "unpainted_ms_ssim", False, lambda c: c.unpainted_ms_ssim_max, _fixed(unpainted_ms_ssim)),
-    CheckSpec("leaked", "leaked_fraction", False, lambda c: c.leaked_fraction_max, _fixed(each(leaked_fraction))),
-    CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min),
-    CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min),
+    CheckSpec("unpainted", "unpainted_ms_ssim", False, lambda c: c.unpainted_ms_ssim_max, _fixed(unpainted_ms_ssim),
+              applies="lesions"),
+    CheckSpec("leaked", "leaked_fraction", False, lambda c: c.leaked_fraction_max, _fixed(each(leaked_fraction)),
+              applies="lesions"),
+    CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min, applies="lesions"),
+    CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min, applies="lesions"),
     CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max),
-    CheckSpec("label_mismatch", "label_iou", True, lambda c: label_bound(c), label_iou),
-    CheckSpec("shard_kid", "shard_kid", False, lambda c: c.shard_kid_max, nan_applies=False),
+    CheckSpec("label_mismatch", "label_iou", True, lambda c: label_bound(c), label_iou, applies="lesions"),
+    CheckSpec("shard_kid", "shard_kid", False, lambda c: c.shard_kid_max, nan_applies=False, applies="lesions"),
+    CheckSpec("lesion_in_negative", "negative_lesion_area", False,
+              lambda c: c.negative_lesion_max if c.segmenter else None, predicted_area, applies="negatives"),
 )
 UNSCORED = "unscored"
 """The reason of a sample that an enabled check could not score."""
@@ -196,17 +221,19 @@ def pixel_scorers(config: GateConfig, checks: tuple[CheckSpec, ...] = CHECKS) ->
     return {spec.score: spec.scorer(config) for spec in checks if spec.scorer is not None}
 
 
-def judge(scores: dict[str, np.ndarray], config: GateConfig, n: int,
+def judge(scores: dict[str, np.ndarray], config: GateConfig, negative: np.ndarray,
           checks: tuple[CheckSpec, ...] = CHECKS) -> list[list[str]]:
-    """The failed reasons of each of `n` samples, in registry order, then `unscored` where an enabled
-    check had no score (empty: accepted)."""
+    """The failed reasons of each sample (`negative`: which have an empty label), in registry order,
+    then `unscored` where an enabled check that judges it had no score (empty: accepted)."""
+    n = len(negative)
     reasons: list[list[str]] = [[] for _ in range(n)]
     unscored = np.zeros(n, bool)
     for spec in checks:
         values = np.asarray(scores[spec.score], np.float64)
-        for i in np.flatnonzero(spec.failed(values, config)):
+        judged = spec.judged(np.asarray(negative, bool))
+        for i in np.flatnonzero(spec.failed(values, config) & judged):
             reasons[i].append(spec.reason)
-        unscored |= spec.unscored(values, config)
+        unscored |= spec.unscored(values, config) & judged
     for i in np.flatnonzero(unscored):
         reasons[i].append(UNSCORED)
     return reasons

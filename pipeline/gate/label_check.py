@@ -3,7 +3,8 @@
 PolypInpainter keeps a synthetic polyp only when a segmenter's prediction on it aligns with the
 intended mask (IoU ≥ 0.8); FreeMask found unfiltered synthetic masks-to-images no better than real
 only. The score is IoU(prediction, label) per sample; the gate's `label_mismatch` reason fails it
-below `gate.label_iou_min` when `gate.segmenter` names a checkpoint (`polyp-synth train`).
+below `gate.label_iou_min` when `gate.segmenter` names a checkpoint (`polyp-synth train`). A hard
+negative's label is empty: there the same segmenter must find nothing (`lesion_in_negative`).
 """
 
 from __future__ import annotations
@@ -22,25 +23,45 @@ from pipeline.segmenter.model import load_checkpoint
 from pipeline.segmenter.predict import predict
 
 
-class LabelIoUScorer:
-    """IoU of the segmenter's prediction on a sample's image with its label (the model loads once).
-    A gate pixel scorer: called with a shard's samples; `identity` (the checkpoint's checksum) keys
-    the gate's cache, so another segmenter is never answered from it."""
+@functools.lru_cache(maxsize=2)
+def _load(checkpoint: str, device_name: str) -> tuple[torch.nn.Module, int, torch.device]:
+    """The segmenter, once per process for both scorers that use it."""
+    model, record = load_checkpoint(checkpoint)
+    device = resolve_device(device_name, "gate.device", GateError)
+    return model.to(device), record.size, device
+
+
+class _SegmenterScorer:
+    """A gate pixel scorer that runs `gate.segmenter` (loaded on first use: a re-gate answered from the
+    cache never pays for the model); `identity`, the checkpoint's checksum, keys the gate's cache, so
+    another segmenter is never answered from it."""
 
     def __init__(self, checkpoint: str, device: str = "auto"):
         self.checkpoint, self.device_name = checkpoint, device
         self.identity = sha256_hex(storage.read_bytes(checkpoint)) if storage.exists(checkpoint) else checkpoint
 
-    @functools.cached_property
+    @property
     def _model(self) -> tuple[torch.nn.Module, int, torch.device]:
-        """Loaded on first use: a re-gate answered from the cache never pays for the model."""
-        model, record = load_checkpoint(self.checkpoint)
-        device = resolve_device(self.device_name, "gate.device", GateError)
-        return model.to(device), record.size, device
+        return _load(self.checkpoint, self.device_name)
 
-    def score(self, image: np.ndarray, mask: np.ndarray) -> float:
+    def prediction(self, image: np.ndarray) -> np.ndarray:
         model, size, device = self._model
-        return segment_metrics(predict(model, image, size, device), mask > 0).iou
+        return predict(model, image, size, device)
+
+
+class LabelIoUScorer(_SegmenterScorer):
+    """IoU of the segmenter's prediction on a sample's image with its label; NaN for an empty label
+    (a hard negative: `PredictedAreaScorer` judges it)."""
 
     def __call__(self, samples: list) -> np.ndarray:  # gate `Sample`s: image RGB uint8, mask {0, 255}
-        return np.array([self.score(s.image, s.mask) for s in samples], np.float64)
+        return np.array([segment_metrics(self.prediction(s.image), s.mask > 0).iou if s.mask.any() else np.nan
+                         for s in samples], np.float64)
+
+
+class PredictedAreaScorer(_SegmenterScorer):
+    """The share of a hard negative's image the segmenter marks as lesion (0: it finds none, as the
+    empty label says); NaN for a labelled sample."""
+
+    def __call__(self, samples: list) -> np.ndarray:
+        return np.array([float(self.prediction(s.image).mean()) if not s.mask.any() else np.nan
+                         for s in samples], np.float64)

@@ -124,9 +124,9 @@ def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
     for index in sorted(set(run.shard_indices.tolist())):
         table = parquet.read(layout.shard(index), columns=["sample_id", "mask_area"])
         areas.update(zip(table.column("sample_id").to_pylist(), table.column("mask_area").to_pylist()))
-    generated = [areas[s] for s in run.sample_ids]
-    columns = {"generated": size_shares(generated),
-               "accepted": size_shares([a for a, keep in zip(generated, accepted) if keep])}
+    lesions = [(areas[s], keep) for s, keep, label in zip(run.sample_ids, accepted, run.has_label) if label]
+    columns = {"generated": size_shares([area for area, _ in lesions]),
+               "accepted": size_shares([area for area, keep in lesions if keep])}
     targets = Plan.read(layout.root).meta.targets if storage.exists(layout.plan) else None
     if targets is not None:
         columns = {"natural": targets.natural, "asked": targets.asked, **columns}
@@ -179,6 +179,10 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
     parts.append(f"<p>{m.samples.accepted} of {m.samples.total} samples accepted "
                  f"({100 * m.samples.accepted / max(1, m.samples.total):.1f}%). Gated {html.escape(m.gated_at)}, "
                  f"plan {html.escape(m.plan_digest)}, extractor {html.escape(m.extractor)}.</p>")
+    if m.samples.negatives:
+        parts.append(f"<p>Of them {m.samples.negatives} hard negatives (empty labels), {m.samples.negatives_accepted} "
+                     "accepted: judged only by the checks of every sample and by lesion_in_negative (the lesion "
+                     "probe on the whole image); the set figures below are of the polyp samples.</p>")
     if m.failures:
         parts.append("<ul class='fail'>" + "".join(f"<li>{html.escape(f)}</li>" for f in m.failures) + "</ul>")
     ref = m.reference

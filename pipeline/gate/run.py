@@ -245,8 +245,8 @@ def check_source(reference: Reference, settings: GateReferenceConfig) -> None:
 def shard_kids(reference: Reference, run: RunFeatures) -> dict[int, tuple[float | None, float | None]]:
     """Per shard, the KID (± std) of its label crops against the reference's lesion crops (whole
     images when it has none); None for a shard of one sample, which has no KID (the `shard_kid`
-    check does not apply to its samples)."""
-    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
+    check does not apply to its samples). Hard negatives have no lesion and are left out."""
+    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1) & run.has_label
     out = {}
     for index in np.unique(run.shard_indices).tolist():
         rows = (run.shard_indices == index) & finite
@@ -274,7 +274,8 @@ def usable_bounds(gate: GateConfig, reference: Reference) -> None:
 
 
 def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:
-    """Scores that need the reference or the whole run: realism, lesion probe, duplicates, finiteness."""
+    """Scores that need the reference or the whole run: realism, lesion probe (of the label's crop; a
+    hard negative has none), duplicates, finiteness."""
     finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
     view = "crop" if reference.crops is not None else "image"
     mine = run.crop_features if view == "crop" else run.features
@@ -283,7 +284,8 @@ def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarr
     if reference.probe is None:
         lesion = np.full(len(finite), np.nan)
     else:
-        lesion = np.where(run.has_label, reference.probe.score(np.where(finite[:, None], run.crop_features, 0.0)), 0.0)
+        lesion = np.where(run.has_label, reference.probe.score(np.where(finite[:, None], run.crop_features, 0.0)),
+                          np.nan)
     duplicates = metrics.nearest_earlier_similarity(np.where(finite[:, None], run.features, 0.0))
     return {"features_finite": finite.astype(np.float64), "realism": realism, "lesion_score": lesion,
             "duplicate_similarity": np.where(finite, duplicates, np.nan)}
@@ -301,8 +303,10 @@ class GateOutcome:
     def line(self) -> str:
         m = self.metrics
         kid = "n/a" if m.accepted.kid is None else f"{m.accepted.kid:.4f}"
+        negatives = (f" ({m.samples.negatives_accepted}/{m.samples.negatives} hard negatives)"
+                     if m.samples.negatives else "")
         text = (f"{self.run_dir}: gate {'PASSED' if m.passed else 'FAILED'}: {m.samples.accepted}/{m.samples.total} "
-                f"samples accepted, KID of accepted {kid}; report {RunLayout(self.run_dir).gate_report}")
+                f"samples accepted{negatives}, KID of accepted {kid}; report {RunLayout(self.run_dir).gate_report}")
         return text + ("; " + "; ".join(m.failures) if m.failures else "")
 
 
@@ -339,7 +343,11 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     run = _read_features(layout, gate.extractor, shards)
     kids = shard_kids(reference, run)
     scores = {**run.pixel_scores, **feature_scores(reference, run), "shard_kid": per_sample(kids, run)}
-    reasons = checks.judge(scores, gate, len(run.sample_ids))
+    negative = ~run.has_label
+    if negative.any() and gate.segmenter is None:
+        log.warning("%d hard negatives: without gate.segmenter nothing checks that they hold no lesion",
+                    int(negative.sum()))
+    reasons = checks.judge(scores, gate, negative)
 
     shard_verdicts = []
     for index in shards:
@@ -349,9 +357,9 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
                                            kid=kid, kid_std=kid_std,
                                            rejected_whole=any("shard_kid" in reasons[i] for i in rows)))
     accepted = np.array([not r for r in reasons])
-    finite = scores["features_finite"] > 0
-    run_figures = compare(reference, run.features[finite])
-    accepted_figures = compare(reference, run.features[accepted & finite])
+    lesions = (scores["features_finite"] > 0) & run.has_label  # the set figures are of polyp images
+    run_figures = compare(reference, run.features[lesions])
+    accepted_figures = compare(reference, run.features[accepted & lesions])
     counts: dict[str, int] = {}
     for sample_reasons in reasons:
         for reason in sample_reasons:
@@ -366,7 +374,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         passed=not failures, failures=failures, extractor=gate.extractor, reference=reference.identity,
         run=run_figures, accepted=accepted_figures,
         diversity=float(np.mean(run.diversity_pairs)) if run.diversity_pairs else None,
-        samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts),
+        samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts,
+                             negatives=int(negative.sum()), negatives_accepted=int((accepted & negative).sum())),
         shards=shard_verdicts, random_weights=random_weights,
         bounds=gate.model_dump(mode="json", exclude={"reference"}),
         lineage=gate_lineage(reference, gate), notes=[label_note] if label_note else [],

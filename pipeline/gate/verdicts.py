@@ -70,6 +70,8 @@ class SampleCounts(_Record):
     total: int
     accepted: int
     by_reason: dict[str, int]
+    negatives: int = 0  # hard negatives (empty labels) among them
+    negatives_accepted: int = 0
 
 
 class GateMetrics(_Record):

@@ -9,6 +9,9 @@ A sample's `attributes` record only what its engine honoured (`honoured_attribut
 reads the prompt was asked for every attribute the plan drew; one that does not (transplant) honours
 what the frame decided, what its label measures (size class, position in the field of view) and what
 it says of itself (the donor's shape). Its `prompt_used` column says which.
+
+A hard negative (`negatives:` in the job) never reaches the engine: its image is the frame, or the
+frame with its distractor drawn in, its label is empty and its `negative` attribute says what it shows.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from pipeline.core.timing import StageTimer
 from pipeline.errors import PolypSynthError
 from pipeline.executors.base import RunContext
 from pipeline.generate import shards
+from pipeline.generate.lookalikes import draw_distractor
 from pipeline.plan.fov import detect_fov, position_in_view
 from pipeline.plan.frames import load_frame
 from pipeline.plan.masks.params import MaskParams
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.masks.shapes import draw_mask
+from pipeline.plan.negatives import negative_of
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,13 @@ class Engine(Protocol):
 MEASURED = {"size": pa.string(), "position": pa.string()}
 """Attributes measured from a sample's label: size class (the mask preset's band that holds its area)
 and position in the frame's field of view (`fov.position_in_view`)."""
+NEGATIVE = "negative"
+"""The attribute of a job with hard negatives: what a negative shows (frame, or the distractor's
+kind); null for a polyp sample."""
 
 
-def attributes_type(planned: pa.StructType, frame_axes: tuple[str, ...], engine: Engine) -> pa.StructType:
+def attributes_type(planned: pa.StructType, frame_axes: tuple[str, ...], engine: Engine,
+                    negatives: bool = False) -> pa.StructType:
     """The shards' `attributes` struct for this engine (`honoured_attributes` fills it)."""
     own = getattr(engine, "attribute_types", {})
     if engine.prompt_used:
@@ -67,7 +76,13 @@ def attributes_type(planned: pa.StructType, frame_axes: tuple[str, ...], engine:
     else:
         fields = [planned.field(axis) for axis in frame_axes if planned.get_field_index(axis) >= 0]
         fields += [pa.field(name, kind) for name, kind in MEASURED.items()]
-    return pa.struct(fields + [pa.field(name, kind) for name, kind in own.items()])
+    fields += [pa.field(name, kind) for name, kind in own.items()]
+    return pa.struct(fields + ([pa.field(NEGATIVE, pa.string())] if negatives else []))
+
+
+def negative_attributes(planned: dict[str, Any], frame_axes: tuple[str, ...], shows: str) -> dict[str, Any]:
+    """A negative's attributes: what the frame decided and what it shows; nothing of a lesion."""
+    return {**{axis: planned[axis] for axis in frame_axes if axis in planned}, NEGATIVE: shows}
 
 
 def honoured_attributes(planned: dict[str, Any], measured: dict[str, str], frame_axes: tuple[str, ...],
@@ -85,12 +100,18 @@ def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int
 
 
 def prepare_sample(row: dict[str, Any], output_resolution: int | None, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
-    """The source frame at output size and its planned label mask."""
+    """The source frame at output size and its planned label mask; for a negative, the frame as it
+    will be written (its distractor drawn in) and an empty label."""
     width, height = output_size(row, output_resolution)
     frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"], row["source_sha256"]),
                                                           (width, height)))
-    mask = timer.time("mask", lambda: draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])), width, height))
-    return frame, mask
+    negative = negative_of(row["mask_params"])
+    if negative is None:
+        return frame, timer.time("mask", lambda: draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])),
+                                                           width, height))
+    if negative.distractor is not None:
+        frame = timer.time("lookalike", lambda: draw_distractor(frame, negative.distractor))
+    return frame, np.zeros((height, width), np.uint8)
 
 
 @dataclass
@@ -110,7 +131,8 @@ class ShardWorker:
     def __init__(self, engine: Engine, context: RunContext):
         self.engine, self.context = engine, context
         self.output_resolution = context.config.engine.output_resolution
-        self.attributes_type = attributes_type(context.attributes_type, context.frame_axes, engine)
+        self.attributes_type = attributes_type(context.attributes_type, context.frame_axes, engine,
+                                               negatives=context.config.negatives is not None)
 
     @functools.cached_property
     def preset(self) -> MaskPreset:
@@ -130,10 +152,18 @@ class ShardWorker:
         ready: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
         for row in rows:
             try:
-                ready.append((row, *prepare_sample(row, self.output_resolution, timer)))
+                sample = (row, *prepare_sample(row, self.output_resolution, timer))
             except PolypSynthError as exc:
                 log.warning("sample %s failed: %s", row["sample_id"], exc)
                 failed.append({"sample_id": row["sample_id"], "reason": str(exc)})
+                continue
+            negative = negative_of(row["mask_params"])
+            if negative is None:
+                ready.append(sample)
+            else:  # written as prepared: the engine paints nothing into a negative
+                done.append({**row, "image": sample[1], "mask": sample[2], "prompt_used": False,
+                             "attributes": negative_attributes(row["attributes"], self.context.frame_axes,
+                                                               negative.shows)})
 
         # The engine batches by itself; a model error fails the shard, which executors retry.
         images = self.engine.inpaint(
@@ -153,8 +183,9 @@ class ShardWorker:
             measured = timer.time("attributes", lambda: self.measure(frame, mask))
             attributes = honoured_attributes(row["attributes"], measured, self.context.frame_axes, self.engine,
                                              own(frame, mask, row["seed"]) if own else {})
-            done.append({**row, "image": image, "mask": mask, **provenance, **extra, "attributes": attributes,
+            done.append({**row, "image": image, "mask": mask, **extra, "attributes": attributes,
                          "prompt_used": self.engine.prompt_used})
+        done = sorted(({**sample, **provenance} for sample in done), key=lambda sample: sample["plan_index"])
 
         table = timer.time("png_encode", lambda: shards.shard_table(done, self.attributes_type))
         info = timer.time("write", lambda: shards.write_shard(self.context.layout, shard_index, table, failed,

@@ -8,6 +8,7 @@ plan do not depend on how many samples were planned (`--n` is a prefix of the fu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -35,6 +36,7 @@ from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import sample_mask_params, size_class_at
 from pipeline.plan.modality import frame_values, read_frame_metadata
+from pipeline.plan.negatives import draw_negative, negative_of, negative_rng
 from pipeline.plan.polyp_free import ensure_polyp_free_frames
 from pipeline.plan.prompts.bank import PromptBank
 from pipeline.plan.prompts.schema import PromptSample
@@ -132,6 +134,12 @@ class Plan:
 
     def samples_in(self, shard_indices: list[int]) -> int:
         return sum(len(self._rows_by_shard[i]) for i in shard_indices)
+
+    @cached_property
+    def negatives(self) -> dict[str, int]:
+        """Hard negatives planned, by what they show (frame, or a distractor's kind)."""
+        shown = (negative_of(params) for params in self.table.column("mask_params").to_pylist())
+        return dict(sorted(Counter(negative.shows for negative in shown if negative).items()))
 
     @property
     def attributes_type(self) -> pa.DataType:
@@ -306,6 +314,12 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
             log.info("targets: %s: %s", name, why)
     prompts = bank.sample_many(total, config.seed, given)
     masks = _sample_masks(config, preset, catalog, prompts, frames, levels)
+    if config.negatives:  # an empty label instead of the mask, and no prompt: nothing is painted
+        for index in range(total):
+            negative = draw_negative(config.negatives, negative_rng(config.seed, index))
+            if negative is not None:
+                masks[index] = json.dumps(negative.to_dict())
+                prompts[index] = dataclasses.replace(prompts[index], text="", negative="")
     engine_json = json.dumps({**config.engine.pixel_settings(), **(engine_inputs or {})}, sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}

@@ -152,8 +152,10 @@ def size_shares(areas: list[float]) -> dict[str, float]:
 
 
 def planned_areas(table: pa.Table) -> list[float]:
-    """The mask area (fraction of the frame) of every row of a plan or shard table."""
-    return [json.loads(params)["area_fraction"] for params in table.column("mask_params").to_pylist()]
+    """The mask area (fraction of the frame) of every polyp row of a plan or shard table (a negative
+    has no lesion)."""
+    rows = (json.loads(params) for params in table.column("mask_params").to_pylist())
+    return [row["area_fraction"] for row in rows if "negative" not in row]
 
 
 def shares_table(info: TargetsInfo, columns: dict[str, dict[str, float]]) -> str:

@@ -15,8 +15,9 @@ from pipeline.core.timing import StageTimer
 from pipeline.errors import ConfigError, ShardError
 from pipeline.generate.shards import read_shard
 from pipeline.generate.window import paint_window
-from pipeline.generate.worker import prepare_sample
+from pipeline.generate.worker import NEGATIVE, prepare_sample
 from pipeline.plan.modality import MODALITY_AXIS
+from pipeline.plan.negatives import negative_of
 from pipeline.plan.plan import build_plan
 from pipeline.plan.targets import planned_areas, shares_table, size_shares
 
@@ -24,11 +25,17 @@ from pipeline.plan.targets import planned_areas, shares_table, size_shares
 def caption(row: dict) -> str:
     """The prompt, led by the frame's modality (which the frame decides, so the prompt must agree); for
     a sample whose engine never read its prompt (transplant), what it did honour: its donor, the
-    label's size class and position."""
+    label's size class and position; for a hard negative, what it shows."""
     attributes = row.get("attributes") or {}
     modality = attributes.get(MODALITY_AXIS)
     text = row["prompt"]
-    if row.get("prompt_used") is False:
+    shows = attributes.get(NEGATIVE)  # a shard's; a plan row says it in its mask parameters
+    if shows is None and row.get("mask_params"):
+        planned = negative_of(row["mask_params"])
+        shows = planned.shows if planned else None
+    if shows:
+        text = f"hard negative, no label: {shows}"
+    elif row.get("prompt_used") is False:
         text = (f"donor {row.get('donor_id')}: {attributes.get('size')} polyp, {attributes.get('position')} "
                 "of the view (prompt not used)")
     return f"[{modality.upper()} frame] {text}" if modality else text
