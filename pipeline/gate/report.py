@@ -95,7 +95,8 @@ def _picks(run: Any, reasons: list[list[str]], scores: dict[str, np.ndarray], ac
     picks = []
     for i in chosen:
         text = "accepted" if accepted else "REJECTED: " + ", ".join(reasons[i])
-        detail = " ".join(f"{k}={scores[k][i]:.3g}" for k in ("realism", "lesion_score") if np.isfinite(scores[k][i]))
+        shown = ("realism", "lesion_score") if run.has_label[i] else ("negative_lesion_area",)  # what judged it
+        detail = " ".join(f"{k}={scores[k][i]:.3g}" for k in shown if np.isfinite(scores[k][i]))
         picks.append((int(run.shard_indices[i]), run.sample_ids[i], f"{text}. {detail}"))
     return picks
 
@@ -181,8 +182,11 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
                  f"plan {html.escape(m.plan_digest)}, extractor {html.escape(m.extractor)}.</p>")
     if m.samples.negatives:
         parts.append(f"<p>Of them {m.samples.negatives} hard negatives (empty labels), {m.samples.negatives_accepted} "
-                     "accepted: judged only by the checks of every sample and by lesion_in_negative (the lesion "
-                     "probe on the whole image); the set figures below are of the polyp samples.</p>")
+                     "accepted: judged only by the checks of every sample and by lesion_in_negative (with "
+                     "gate.segmenter: no lesion may be found where the label has none); the set figures below "
+                     "are of the polyp samples."
+                     + ("" if m.bounds.get("segmenter") else " <b>No gate.segmenter was set: nothing checked that "
+                        "they hold no lesion.</b>") + "</p>")
     if m.failures:
         parts.append("<ul class='fail'>" + "".join(f"<li>{html.escape(f)}</li>" for f in m.failures) + "</ul>")
     ref = m.reference
