@@ -195,6 +195,8 @@ def per_sample_flops(config: JobConfig, unet_config, vae_config) -> float:
     total = 0
     for plan_row in load_or_build_plan(config, config.run_dir(), None).table.to_pylist():
         _, mask = prepare_sample(plan_row, engine.output_resolution, StageTimer())
+        if not mask.any():  # a hard negative: the engine paints nothing
+            continue
         side = working_side(paint_window(mask, engine), engine)
         total += sample_flops(unet_config, vae_config, side, engine.guidance_scale > 1).total(steps)
     return total

@@ -2,7 +2,7 @@
 # The GPU benchmarks BENCHMARKS.md prepares, as one device command that fits one lease:
 #   1. the throughput table (baseline, engine, -sdpa, -batched-cfg, then bf16, fuse_qkv, channels_last,
 #      regional compile, overlap, cumulative) on 16 normal-mucosa frames, 1024², 30 steps, batch 8;
-#   2. crop vs frame at equal settings (engine row, fp16) on 48 Kvasir-SEG frames, where windows are
+#   2. crop vs frame at equal settings (engine row, fp16) on 16 of the 48 carried Kvasir-SEG frames, where windows are
 #      smaller than the frame.
 # Each part has its own time limit; the harness rewrites its JSON after every row, so a part cut
 # short keeps what it measured. Everything lands in OUT (log.txt, one JSON per part).

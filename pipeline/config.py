@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -85,8 +85,10 @@ class TargetsConfig(_Section):
         return self
 
 
-NEGATIVE_KINDS = ("frame", "lookalike")
-LOOKALIKE_KINDS = ("specular", "bubble", "fold", "stool")
+NegativeKind = Literal["frame", "lookalike"]
+LookalikeKind = Literal["specular", "bubble", "fold", "stool"]
+NEGATIVE_KINDS: tuple[str, ...] = get_args(NegativeKind)
+LOOKALIKE_KINDS: tuple[str, ...] = get_args(LookalikeKind)
 
 
 class NegativesConfig(_Section):
@@ -95,8 +97,8 @@ class NegativesConfig(_Section):
     (`lookalike`: a specular cluster, bubbles, a fold, a stool fragment)."""
 
     ratio: float = Field(gt=0, le=4, description="negatives per polyp sample: 0.25 makes one sample in five a negative")
-    kinds: list[Literal["frame", "lookalike"]] = Field(list(NEGATIVE_KINDS), min_length=1)
-    lookalikes: list[Literal["specular", "bubble", "fold", "stool"]] = Field(
+    kinds: list[NegativeKind] = Field(list(NEGATIVE_KINDS), min_length=1)
+    lookalikes: list[LookalikeKind] = Field(
         list(LOOKALIKE_KINDS), min_length=1, description="the distractors a lookalike draws from")
 
     @property

@@ -106,12 +106,17 @@ def gated(tmp_path_factory, reference_dir):
     moved = remove_lesion(image, mask)
     moved[: SIDE // 4] = 0  # the top of the frame changed: outside the repaint region
     samples.append(RunSample(image, mask, moved, "leaked", test_ids[85]))
-    for path in sorted((shared_data() / "normal-mucosa").glob("*.jpg"))[600:604]:  # hard negatives: empty labels
+    hosts = sorted((shared_data() / "normal-mucosa").glob("*.jpg"))[600:603]
+    for path in [hosts[0], *hosts]:  # hard negatives: empty labels, the first frame twice (a reused frame)
         frame = load_frame(str(path))
-        samples.append(RunSample(frame, np.zeros(frame.shape[:2], np.uint8), frame.copy(), "negative", path.stem))
-    for image_id in test_ids[86:90]:  # "negatives" that hold a polyp nobody labelled
+        samples.append(RunSample(frame, np.zeros(frame.shape[:2], np.uint8), frame.copy(), "negative", path.stem,
+                                 negative=True))
+    for image_id in test_ids[86:88]:  # planned negatives that hold a polyp nobody labelled
         image, mask = _kvasir(image_id)
-        samples.append(RunSample(image, np.zeros_like(mask), image.copy(), "unlabelled_polyp", image_id))
+        samples.append(RunSample(image, np.zeros_like(mask), image.copy(), "unlabelled_polyp", image_id, negative=True))
+    for image_id in test_ids[88:90]:  # polyp samples whose label came out empty: no lesion, not negatives
+        image, mask = _kvasir(image_id)
+        samples.append(RunSample(image, np.zeros_like(mask), image.copy(), "empty_label", image_id))
 
     run_dir = str(root / "run")
     image_run(run_dir, samples, shard_size=32, frames_dir=str(root / "frames"), random_weights=True)
@@ -164,15 +169,18 @@ def test_unpainted_no_lesion_duplicate_and_leaked_samples(gated):
 
 
 def test_hard_negatives_are_not_judged_as_lesions_nor_counted_in_the_lesion_figures(gated):
-    """Empty labels pass the checks of a painted lesion untouched (none judges them); without
-    gate.segmenter nothing can tell a polyp nobody labelled (the segmenter's check: test_train)."""
+    """Planned negatives pass the checks of a painted lesion untouched (none judges them; the frame
+    negatives repeat one frame's pixels and are still no near-duplicate lesion); without gate.segmenter
+    nothing tells a polyp nobody labelled (the segmenter's check: test_train). An empty label the plan
+    did not ask for is a polyp sample without a lesion, rejected as before."""
     _, _, outcome, verdicts, kinds = gated
     assert _reasons(verdicts, kinds, "negative") == [[]] * 4
-    assert _reasons(verdicts, kinds, "unlabelled_polyp") == [[]] * 4
+    assert _reasons(verdicts, kinds, "unlabelled_polyp") == [[]] * 2
+    assert all("no_lesion" in r for r in _reasons(verdicts, kinds, "empty_label"))
     counts = outcome.metrics.samples
-    assert (counts.negatives, counts.negatives_accepted) == (8, 8)
-    assert outcome.metrics.run.n == len(kinds) - 8  # the set figures are of the polyp samples
-    assert "(8/8 hard negatives)" in outcome.line()
+    assert (counts.negatives, counts.negatives_accepted) == (6, 6)
+    assert outcome.metrics.run.n == len(kinds) - 6  # the set figures are of the polyp samples
+    assert "(6/6 hard negatives)" in outcome.line()
 
 
 def test_outputs_reader_report_and_regate_from_cache(gated, reference_dir, capsys):

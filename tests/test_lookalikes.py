@@ -101,3 +101,25 @@ def test_specular_brightens_and_stool_turns_yellow_brown():
         stool_hue, _, stool_value = hsv_of_mean(out[changed])
         assert hue < 12  # pinkish red mucosa ...
         assert hue + 5 <= stool_hue <= 35 and stool_value < value  # ... turned a darker orange to yellow brown
+
+
+def test_every_kind_has_a_painter_and_a_size():
+    from pipeline.generate.lookalikes import _PAINTERS
+    from pipeline.plan.negatives import _SCALES
+
+    assert set(_PAINTERS) == set(_SCALES) == set(KINDS)
+
+
+def test_distractors_land_inside_the_field_of_view_with_room():
+    """A round view in a black surround (the endoscope's): every centre is on tissue, 1.5 sizes inside;
+    a fold too long for that goes to the most interior place, the view's centre."""
+    from pipeline.plan.fov import FieldOfView
+
+    grid = np.zeros((48, 64), bool)
+    grid[np.hypot(*np.indices(grid.shape) - np.array([24, 32])[:, None, None]) < 20] = True
+    fov, rng = FieldOfView(grid), np.random.default_rng(0)
+    for _ in range(200):
+        d = sample_distractor(rng, fov=fov)
+        row, col = d.center[1] * 48, d.center[0] * 64
+        room, off_centre = 1.5 * d.scale * np.sqrt(48 * 64), np.hypot(row - 24, col - 32)
+        assert (off_centre + room <= 20 + 1.5) if room < 19 else off_centre <= 1.5, d

@@ -16,13 +16,14 @@ scorer with an `identity` attribute, such as that checkpoint's checksum, is part
 
 Gates fail closed: a check that is on but cannot score a sample (its source frame cannot be read,
 its features are not finite) rejects it as `unscored`, unless `gate.unscored_allowed` names the
-check. Only `shard_kid` has samples it does not apply to (a shard of one sample has no KID).
+check. Only `shard_kid` has polyp samples it does not apply to (a shard with fewer than two has no KID).
 
-Hard negatives (samples with an empty label) are judged by what they are: the checks of a painted
-lesion (unpainted, leaked, no_lesion, unrealistic, label_mismatch, shard_kid) do not apply to them,
+Hard negatives (samples the plan made with an empty label) are judged by what they are: the checks
+of a painted lesion (unpainted, leaked, no_lesion, unrealistic, near_duplicate, label_mismatch,
+shard_kid) do not apply to them,
 and `lesion_in_negative` applies to them alone: with `gate.segmenter`, no lesion may be found where
 the label has none. (The lesion probe cannot judge them: it learned Kvasir-SEG lesion crops against
-another dataset's mucosa, and calls a whole Kvasir-SEG framing a polyp.)
+another dataset's mucosa, and calls a whole Kvasir-SEG framing a polyp: `bench/bench_probe_frames.py`.)
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ CHECKS: tuple[CheckSpec, ...] = (
               applies="lesions"),
     CheckSpec("no_lesion", "lesion_score", True, lambda c: c.lesion_score_min, applies="lesions"),
     CheckSpec("unrealistic", "realism", True, lambda c: c.realism_min, applies="lesions"),
-    CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max),
+    CheckSpec("near_duplicate", "duplicate_similarity", False, lambda c: c.duplicate_similarity_max,
+              applies="lesions"),
     CheckSpec("label_mismatch", "label_iou", True, lambda c: label_bound(c), label_iou, applies="lesions"),
     CheckSpec("shard_kid", "shard_kid", False, lambda c: c.shard_kid_max, nan_applies=False, applies="lesions"),
     CheckSpec("lesion_in_negative", "negative_lesion_area", False,

@@ -24,8 +24,9 @@ from pipeline.segmenter.predict import predict
 
 
 @functools.lru_cache(maxsize=2)
-def _load(checkpoint: str, device_name: str) -> tuple[torch.nn.Module, int, torch.device]:
-    """The segmenter, once per process for both scorers that use it."""
+def _load(checkpoint: str, device_name: str, identity: str) -> tuple[torch.nn.Module, int, torch.device]:
+    """The segmenter, once per process for both scorers that use it (keyed by its checksum too: a
+    checkpoint rewritten at the same path is another model)."""
     model, record = load_checkpoint(checkpoint)
     device = resolve_device(device_name, "gate.device", GateError)
     return model.to(device), record.size, device
@@ -42,7 +43,7 @@ class _SegmenterScorer:
 
     @property
     def _model(self) -> tuple[torch.nn.Module, int, torch.device]:
-        return _load(self.checkpoint, self.device_name)
+        return _load(self.checkpoint, self.device_name, self.identity)
 
     def prediction(self, image: np.ndarray) -> np.ndarray:
         model, size, device = self._model

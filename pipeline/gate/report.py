@@ -95,7 +95,7 @@ def _picks(run: Any, reasons: list[list[str]], scores: dict[str, np.ndarray], ac
     picks = []
     for i in chosen:
         text = "accepted" if accepted else "REJECTED: " + ", ".join(reasons[i])
-        shown = ("realism", "lesion_score") if run.has_label[i] else ("negative_lesion_area",)  # what judged it
+        shown = ("negative_lesion_area",) if run.negative[i] else ("realism", "lesion_score")  # what judged it
         detail = " ".join(f"{k}={scores[k][i]:.3g}" for k in shown if np.isfinite(scores[k][i]))
         picks.append((int(run.shard_indices[i]), run.sample_ids[i], f"{text}. {detail}"))
     return picks
@@ -125,7 +125,7 @@ def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
     for index in sorted(set(run.shard_indices.tolist())):
         table = parquet.read(layout.shard(index), columns=["sample_id", "mask_area"])
         areas.update(zip(table.column("sample_id").to_pylist(), table.column("mask_area").to_pylist()))
-    lesions = [(areas[s], keep) for s, keep, label in zip(run.sample_ids, accepted, run.has_label) if label]
+    lesions = [(areas[s], keep) for s, keep, negative in zip(run.sample_ids, accepted, run.negative) if not negative]
     columns = {"generated": size_shares([area for area, _ in lesions]),
                "accepted": size_shares([area for area, keep in lesions if keep])}
     targets = Plan.read(layout.root).meta.targets if storage.exists(layout.plan) else None

@@ -42,11 +42,13 @@ from pipeline.generate.composite import repaint_region
 from pipeline.generate.manifest import RunManifest
 from pipeline.generate.shards import made_with_random_weights, read_shard, shard_footer
 from pipeline.plan.frames import load_frame
+from pipeline.plan.negatives import negative_of
 from pipeline.segmenter.model import read_record
 
 log = logging.getLogger(__name__)
 
-_SHARD_COLUMNS = ["sample_id", "image", "mask", "width", "height", "source_frame", "source_sha256", "engine"]
+_SHARD_COLUMNS = ["sample_id", "image", "mask", "width", "height", "source_frame", "source_sha256", "engine",
+                  "mask_params"]
 
 
 @dataclass
@@ -70,7 +72,8 @@ def _source(row: dict[str, Any]) -> np.ndarray | None:
     try:
         return resize_image(load_frame(row["source_frame"], row.get("source_sha256")), (row["width"], row["height"]))
     except FrameCatalogError as exc:
-        log.warning("sample %s: %s: unpainted and leaked cannot score it", row["sample_id"], exc)
+        log.warning("sample %s: %s: unpainted and leaked cannot score it (if it is a polyp sample)",
+                    row["sample_id"], exc)
         return None
 
 
@@ -120,6 +123,8 @@ class FeatureWorker:
         columns: dict[str, pa.Array] = {
             "sample_id": pa.array([s.sample_id for s in samples], pa.string()),
             "has_label": pa.array([c is not None for c in crops], pa.bool_()),
+            # a hard negative is what the plan made one, never merely an empty label
+            "negative": pa.array([negative_of(s.row["mask_params"]) is not None for s in samples], pa.bool_()),
             "features": _fixed_list(features), "crop_features": _fixed_list(crop_features),
         }
         for name, scorer in self.scorers.items():
@@ -159,6 +164,7 @@ class RunFeatures:
     features: np.ndarray
     crop_features: np.ndarray
     has_label: np.ndarray
+    negative: np.ndarray  # planned hard negatives (`negatives:`)
     pixel_scores: dict[str, np.ndarray]
     diversity_pairs: list[float]
 
@@ -170,7 +176,7 @@ def _read_features(layout: RunLayout, extractor: str, shards: list[int]) -> RunF
         diversity += parquet.provenance(table.schema)["diversity"]
         tables.append(table.append_column("shard_index", pa.array([index] * table.num_rows, pa.int32())))
     table = pa.concat_tables(tables)
-    fixed = {"sample_id", "shard_index", "has_label", "features", "crop_features"}
+    fixed = {"sample_id", "shard_index", "has_label", "negative", "features", "crop_features"}
 
     def matrix(name: str) -> np.ndarray:
         column = table.column(name).combine_chunks()
@@ -181,6 +187,7 @@ def _read_features(layout: RunLayout, extractor: str, shards: list[int]) -> RunF
         shard_indices=table.column("shard_index").to_numpy(),
         features=matrix("features"), crop_features=matrix("crop_features"),
         has_label=table.column("has_label").to_numpy(zero_copy_only=False),
+        negative=table.column("negative").to_numpy(zero_copy_only=False),
         pixel_scores={n: table.column(n).to_numpy() for n in table.column_names if n not in fixed},
         diversity_pairs=diversity,
     )
@@ -246,7 +253,7 @@ def shard_kids(reference: Reference, run: RunFeatures) -> dict[int, tuple[float 
     """Per shard, the KID (± std) of its label crops against the reference's lesion crops (whole
     images when it has none); None for a shard of one sample, which has no KID (the `shard_kid`
     check does not apply to its samples). Hard negatives have no lesion and are left out."""
-    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1) & run.has_label
+    finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1) & ~run.negative
     out = {}
     for index in np.unique(run.shard_indices).tolist():
         rows = (run.shard_indices == index) & finite
@@ -274,8 +281,9 @@ def usable_bounds(gate: GateConfig, reference: Reference) -> None:
 
 
 def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarray]:
-    """Scores that need the reference or the whole run: realism, lesion probe (of the label's crop; a
-    hard negative has none), duplicates, finiteness."""
+    """Scores that need the reference or the whole run: realism, lesion probe (of the label's crop: 0
+    for a polyp sample with an empty label; a hard negative has none), duplicates (among the polyp
+    samples: a negative on a reused frame is no lesion repeated), finiteness."""
     finite = np.isfinite(run.features).all(1) & np.isfinite(run.crop_features).all(1)
     view = "crop" if reference.crops is not None else "image"
     mine = run.crop_features if view == "crop" else run.features
@@ -284,10 +292,12 @@ def feature_scores(reference: Reference, run: RunFeatures) -> dict[str, np.ndarr
     if reference.probe is None:
         lesion = np.full(len(finite), np.nan)
     else:
-        lesion = np.where(run.has_label, reference.probe.score(np.where(finite[:, None], run.crop_features, 0.0)),
-                          np.nan)
-    duplicates = metrics.nearest_earlier_similarity(np.where(finite[:, None], run.features, 0.0))
-    return {"features_finite": finite.astype(np.float64), "realism": realism, "lesion_score": lesion,
+        lesion = np.where(run.has_label, reference.probe.score(np.where(finite[:, None], run.crop_features, 0.0)), 0.0)
+    lesions = ~run.negative
+    duplicates = np.full(len(finite), np.nan)
+    duplicates[lesions] = metrics.nearest_earlier_similarity(np.where(finite[:, None], run.features, 0.0)[lesions])
+    return {"features_finite": finite.astype(np.float64), "realism": realism,
+            "lesion_score": np.where(lesions, lesion, np.nan),
             "duplicate_similarity": np.where(finite, duplicates, np.nan)}
 
 
@@ -343,7 +353,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     run = _read_features(layout, gate.extractor, shards)
     kids = shard_kids(reference, run)
     scores = {**run.pixel_scores, **feature_scores(reference, run), "shard_kid": per_sample(kids, run)}
-    negative = ~run.has_label
+    negative = run.negative
     if negative.any() and gate.segmenter is None:
         log.warning("%d hard negatives: without gate.segmenter nothing checks that they hold no lesion",
                     int(negative.sum()))
@@ -357,14 +367,14 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
                                            kid=kid, kid_std=kid_std,
                                            rejected_whole=any("shard_kid" in reasons[i] for i in rows)))
     accepted = np.array([not r for r in reasons])
-    lesions = (scores["features_finite"] > 0) & run.has_label  # the set figures are of polyp images
+    lesions = (scores["features_finite"] > 0) & ~negative  # the set figures are of polyp images
     run_figures = compare(reference, run.features[lesions])
     accepted_figures = compare(reference, run.features[accepted & lesions])
     counts: dict[str, int] = {}
     for sample_reasons in reasons:
         for reason in sample_reasons:
             counts[reason] = counts.get(reason, 0) + 1
-    failures = _run_failures(gate, accepted_figures, float(accepted.mean()))
+    failures = _run_failures(gate, accepted_figures, float(accepted[~negative].mean()) if (~negative).any() else 1.0)
     random_weights = any(made_with_random_weights(e) for e in _engines(layout, shards))
     if random_weights:
         log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")
@@ -411,7 +421,8 @@ def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:
 
 
 def _run_failures(gate: GateConfig, accepted: SetMetrics, acceptance: float) -> list[str]:
-    """Run-level bounds, judged on the accepted samples (what export hands to trainers)."""
+    """Run-level bounds, judged on the accepted samples (what export hands to trainers); `acceptance`
+    is of the polyp samples (hard negatives pass more easily and must not lift it)."""
     failures = []
     if gate.acceptance_min is not None and acceptance < gate.acceptance_min:
         failures.append(f"acceptance {acceptance:.3f} < gate.acceptance_min {gate.acceptance_min}")

@@ -316,7 +316,8 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     masks = _sample_masks(config, preset, catalog, prompts, frames, levels)
     if config.negatives:  # an empty label instead of the mask, and no prompt: nothing is painted
         for index in range(total):
-            negative = draw_negative(config.negatives, negative_rng(config.seed, index))
+            fov = catalog.records[frames[index]].fov
+            negative = draw_negative(config.negatives, negative_rng(config.seed, index), fov)
             if negative is not None:
                 masks[index] = json.dumps(negative.to_dict())
                 prompts[index] = dataclasses.replace(prompts[index], text="", negative="")

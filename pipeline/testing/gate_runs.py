@@ -8,6 +8,7 @@ source frame, which is what an ideal inpainting engine would have started from.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline.core.images import encode_png
 from pipeline.core.layout import RunLayout
 from pipeline.generate.manifest import RunManifest, SampleTotals, ShardEntry
 from pipeline.generate.shards import shard_table, write_shard
+from pipeline.plan.negatives import Negative
 
 ATTRIBUTES = pa.struct([("kind", pa.string())])
 
@@ -33,6 +35,7 @@ class RunSample:
     source: np.ndarray  # the frame the image was "painted" on, same size
     kind: str = "real"  # recorded as the `kind` attribute (acceptance per attribute)
     name: str = field(default="")
+    negative: bool = False  # planned as a hard negative (`negatives:`): the frame as it is, no label
 
 
 def remove_lesion(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -62,7 +65,8 @@ def image_run(run_dir: str, samples: list[RunSample], shard_size: int, frames_di
                 "sample_id": sample_id, "plan_index": i, "shard_index": index, "seed": i,
                 "source_frame": str(source_path), "source_sha256": digest(source_bytes, 64),
                 "prompt": f"{sample.kind} {sample.name}", "negative_prompt": "",
-                "attributes": {"kind": sample.kind}, "mask_params": "{}",
+                "attributes": {"kind": sample.kind},
+                "mask_params": json.dumps(Negative("frame").to_dict()) if sample.negative else "{}",
                 "image": sample.image, "mask": sample.mask, "engine": engine,
                 "run_id": Path(run_dir).name, "pipeline_version": __version__,
             })

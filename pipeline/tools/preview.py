@@ -51,7 +51,7 @@ def plan_sheet(config: JobConfig, n: int, out: str, windows: bool = False) -> st
     cells = []
     for row in plan.table.slice(0, n).to_pylist():
         frame, mask = prepare_sample(row, config.engine.output_resolution, StageTimer())
-        window = paint_window(mask, config.engine).as_list() if windows else None
+        window = paint_window(mask, config.engine).as_list() if windows and mask.any() else None  # negatives: none
         cells.append(tile(frame, mask, caption(row), window))
     contact_sheet(cells, out)
     if plan.meta.targets is None:
