@@ -228,27 +228,29 @@ def write_summary(summary: Summary, layout: ExperimentLayout) -> None:
 def plot(summary: Summary, path: Path) -> None:
     """Per labelled evaluation set, two panels: Dice against ratio (one line per synthetic set and
     budget, error bars = std over seeds; dotted: real only trained as long as each ratio), and the
-    paired differences of Dice and of small-polyp Dice with their 95 % intervals."""
+    paired differences of Dice and of small-polyp Dice with their 95 % intervals; per set of
+    polyp-free frames, the same for the false-positive rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = [d for d in summary.sets if "dice" in summary.arms[0].metrics[d]]
+    sets = [(d, "dice") for d in summary.sets if "dice" in summary.arms[0].metrics[d]]
+    sets += [(d, "fp_rate") for d in summary.sets if "fp_rate" in summary.arms[0].metrics[d]]
     if not sets:
         return
     fig, axes = plt.subplots(len(sets), 2, figsize=(13, 4.2 * len(sets)), squeeze=False)
-    for (left, right), data in zip(axes, sets):
-        _dice_panel(left, summary, data)
-        _difference_panel(right, summary, data)
+    for (left, right), (data, figure) in zip(axes, sets):
+        _ratio_panel(left, summary, data, figure)
+        _difference_panel(right, summary, data, figure)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _dice_panel(ax, summary: Summary, data: str) -> None:
+def _ratio_panel(ax, summary: Summary, data: str, figure: str) -> None:
     def point(arm: Arm) -> tuple[float, float, float]:
-        spread = arm.metrics[data]["dice"]
+        spread = arm.metrics[data][figure]
         return arm.ratio, spread.mean, spread.std
 
     real = [a for a in summary.arms if a.synthetic == REAL_ONLY and a.budget == "epochs"]
@@ -264,25 +266,26 @@ def _dice_panel(ax, summary: Summary, data: str) -> None:
         ax.errorbar(x, y, yerr=e, marker="s", capsize=3, linestyle=":", color="black",
                     label="real only, as many steps as that ratio")
     ax.set_xlabel("synthetic : real ratio")
-    ax.set_ylabel("Dice (mean ± std over seeds)")
+    ax.set_ylabel(f"{_figure_label(figure)} (mean ± std over seeds)")
     ax.set_title(data, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
 
-def _difference_panel(ax, summary: Summary, data: str) -> None:
+def _difference_panel(ax, summary: Summary, data: str, figure: str) -> None:
     small = SIZE_BINS[0]
-    figures = (("dice", "Dice", "tab:blue"), (f"dice_{small[0]}", f"Dice {small[3]}", "tab:orange"))
-    rows = sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == "dice"},
+    figures = ((("dice", "Dice", "tab:blue"), (f"dice_{small[0]}", f"Dice {small[3]}", "tab:orange"))
+               if figure == "dice" else ((figure, _figure_label(figure), "tab:red"),))
+    rows = sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == figure},
                   key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]), reverse=True)
     if not rows:
         ax.text(0.5, 0.5, "fewer than 2 seeds: no paired intervals", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     index = {(c.arm, c.control, c.figure): c for c in summary.comparisons if c.data == data}
-    for offset, (figure, label, colour) in zip((0.15, -0.15), figures):
+    for offset, (shown, label, colour) in zip((0.15, -0.15) if len(figures) > 1 else (0.0,), figures):
         for y, (arm, control) in enumerate(rows):
-            comparison = index.get((arm, control, figure))
+            comparison = index.get((arm, control, shown))
             if comparison is None:
                 continue
             d = comparison.difference
