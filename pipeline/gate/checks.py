@@ -227,12 +227,12 @@ def judge(scores: dict[str, np.ndarray], config: GateConfig, negative: np.ndarra
           checks: tuple[CheckSpec, ...] = CHECKS) -> list[list[str]]:
     """The failed reasons of each sample (`negative`: which have an empty label), in registry order,
     then `unscored` where an enabled check that judges it had no score (empty: accepted)."""
-    n = len(negative)
-    reasons: list[list[str]] = [[] for _ in range(n)]
-    unscored = np.zeros(n, bool)
+    negative = np.asarray(negative, bool)
+    reasons: list[list[str]] = [[] for _ in range(len(negative))]
+    unscored = np.zeros(len(negative), bool)
     for spec in checks:
         values = np.asarray(scores[spec.score], np.float64)
-        judged = spec.judged(np.asarray(negative, bool))
+        judged = spec.judged(negative)
         for i in np.flatnonzero(spec.failed(values, config) & judged):
             reasons[i].append(spec.reason)
         unscored |= spec.unscored(values, config) & judged

@@ -37,7 +37,7 @@ from pipeline.plan.masks.params import MaskParams
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.masks.shapes import draw_mask
-from pipeline.plan.negatives import negative_of
+from pipeline.plan.negatives import Negative, is_negative
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,23 @@ def output_size(row: dict[str, Any], output_resolution: int | None) -> tuple[int
 def prepare_sample(row: dict[str, Any], output_resolution: int | None, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
     """The source frame at output size and its planned label mask; for a negative, the frame as it
     will be written (its distractor drawn in) and an empty label."""
+    frame, mask, _ = _prepared(row, output_resolution, timer)
+    return frame, mask
+
+
+def _prepared(row: dict[str, Any], output_resolution: int | None,
+              timer: StageTimer) -> tuple[np.ndarray, np.ndarray, Negative | None]:
+    """`prepare_sample`, and the negative the row plans (None for a polyp sample)."""
     width, height = output_size(row, output_resolution)
     frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"], row["source_sha256"]),
                                                           (width, height)))
-    negative = negative_of(row["mask_params"])
-    if negative is None:
-        return frame, timer.time("mask", lambda: draw_mask(MaskParams.from_dict(json.loads(row["mask_params"])),
-                                                           width, height))
+    params = json.loads(row["mask_params"])
+    if not is_negative(params):
+        return frame, timer.time("mask", lambda: draw_mask(MaskParams.from_dict(params), width, height)), None
+    negative = Negative.from_dict(params)
     if negative.distractor is not None:
         frame = timer.time("lookalike", lambda: draw_distractor(frame, negative.distractor))
-    return frame, np.zeros((height, width), np.uint8)
+    return frame, np.zeros((height, width), np.uint8), negative
 
 
 @dataclass
@@ -152,16 +159,15 @@ class ShardWorker:
         ready: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
         for row in rows:
             try:
-                sample = (row, *prepare_sample(row, self.output_resolution, timer))
+                frame, mask, negative = _prepared(row, self.output_resolution, timer)
             except PolypSynthError as exc:
                 log.warning("sample %s failed: %s", row["sample_id"], exc)
                 failed.append({"sample_id": row["sample_id"], "reason": str(exc)})
                 continue
-            negative = negative_of(row["mask_params"])
             if negative is None:
-                ready.append(sample)
+                ready.append((row, frame, mask))
             else:  # written as prepared: the engine paints nothing into a negative
-                done.append({**row, "image": sample[1], "mask": sample[2], "prompt_used": False,
+                done.append({**row, "image": frame, "mask": mask, "prompt_used": False,
                              "attributes": negative_attributes(row["attributes"], self.context.frame_axes,
                                                                negative.shows)})
 

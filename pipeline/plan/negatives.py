@@ -109,7 +109,12 @@ def draw_negative(config: NegativesConfig, rng: np.random.Generator, fov: FieldO
     return Negative(kind, sample_distractor(rng, config.lookalikes, fov) if kind == "lookalike" else None)
 
 
+def is_negative(params: Mapping[str, Any]) -> bool:
+    """Whether parsed `mask_params` describe a negative (else a lesion's `MaskParams`)."""
+    return "negative" in params
+
+
 def negative_of(mask_params: str) -> Negative | None:
-    """The negative a plan row's `mask_params` describes; None for a polyp sample."""
+    """The negative a plan row's `mask_params` (JSON) describes; None for a polyp sample."""
     params = json.loads(mask_params)
-    return Negative.from_dict(params) if "negative" in params else None
+    return Negative.from_dict(params) if is_negative(params) else None

@@ -192,13 +192,15 @@ def target_rng(run_seed: int, index: int) -> np.random.Generator:
 
 
 def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames: list[int],
-                levels: list[float | None]) -> list[str]:
+                levels: list[float | None], skip: list[bool]) -> list[str]:
     """Mask parameters (JSON) of samples start, start+1, …: each from its own random stream, so any
-    chunk can be computed anywhere and the result does not depend on how the plan was split."""
+    chunk can be computed anywhere and the result does not depend on how the plan was split ("" for
+    a skipped sample, a hard negative: it has no mask)."""
     preset, fovs = _worker_state["preset"], _worker_state["fovs"]
     return [
+        "" if skipped else
         json.dumps(sample_mask_params(preset, attrs, fovs[frame], mask_rng(seed, start + i), level).to_dict())
-        for i, (attrs, frame, level) in enumerate(zip(attributes, frames, levels))
+        for i, (attrs, frame, level, skipped) in enumerate(zip(attributes, frames, levels, skip))
     ]
 
 
@@ -209,11 +211,12 @@ def _main_is_importable() -> bool:
 
 
 def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, prompts: list[PromptSample],
-                  frames: list[int], levels: list[float | None]) -> list[str]:
-    """Mask parameters of every sample, over all cores for large plans (the costly part of planning)."""
+                  frames: list[int], levels: list[float | None], skip: list[bool]) -> list[str]:
+    """Mask parameters of every sample not skipped, over all cores for large plans (the costly part of
+    planning)."""
     fovs = [record.fov for record in catalog.records]
     chunks = [(config.seed, start, [p.attributes for p in prompts[start:start + _CHUNK]], frames[start:start + _CHUNK],
-               levels[start:start + _CHUNK]) for start in range(0, len(prompts), _CHUNK)]
+               levels[start:start + _CHUNK], skip[start:start + _CHUNK]) for start in range(0, len(prompts), _CHUNK)]
     workers = min(len(chunks), os.cpu_count() or 1) if _main_is_importable() else 1
     if workers <= 1:
         _init_mask_worker(preset, fovs)
@@ -313,14 +316,13 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
         for name, why in targets.why.items():
             log.info("targets: %s: %s", name, why)
     prompts = bank.sample_many(total, config.seed, given)
-    masks = _sample_masks(config, preset, catalog, prompts, frames, levels)
-    if config.negatives:  # an empty label instead of the mask, and no prompt: nothing is painted
-        for index in range(total):
-            fov = catalog.records[frames[index]].fov
-            negative = draw_negative(config.negatives, negative_rng(config.seed, index), fov)
-            if negative is not None:
-                masks[index] = json.dumps(negative.to_dict())
-                prompts[index] = dataclasses.replace(prompts[index], text="", negative="")
+    negatives = [draw_negative(config.negatives, negative_rng(config.seed, index), catalog.records[frames[index]].fov)
+                 for index in range(total)] if config.negatives else [None] * total
+    masks = _sample_masks(config, preset, catalog, prompts, frames, levels, [n is not None for n in negatives])
+    for index, negative in enumerate(negatives):  # an empty label and no prompt: nothing is painted
+        if negative is not None:
+            masks[index] = json.dumps(negative.to_dict())
+            prompts[index] = dataclasses.replace(prompts[index], text="", negative="")
     engine_json = json.dumps({**config.engine.pixel_settings(), **(engine_inputs or {})}, sort_keys=True)
 
     rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}

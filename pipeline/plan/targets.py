@@ -33,6 +33,7 @@ from pipeline.core.lesion_bins import SIZE_BINS, size_bin
 from pipeline.errors import ConfigError
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import area_level
+from pipeline.plan.negatives import is_negative
 
 BIN_NAMES = tuple(name for name, *_ in SIZE_BINS)
 
@@ -155,7 +156,7 @@ def planned_areas(table: pa.Table) -> list[float]:
     """The mask area (fraction of the frame) of every polyp row of a plan or shard table (a negative
     has no lesion)."""
     rows = (json.loads(params) for params in table.column("mask_params").to_pylist())
-    return [row["area_fraction"] for row in rows if "negative" not in row]
+    return [row["area_fraction"] for row in rows if not is_negative(row)]
 
 
 def shares_table(info: TargetsInfo, columns: dict[str, dict[str, float]]) -> str:
