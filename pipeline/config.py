@@ -61,8 +61,28 @@ class PromptsConfig(_Section):
     bank: str = "prompts/clinical.yaml"
 
 
+class RealMasksConfig(_Section):
+    """How real labels are augmented (`masks.source: real`, `pipeline/plan/masks/real.py`); their size
+    is always the one the sample's size class asks for."""
+
+    labelled: LabelledSetConfig = Field(description="the labelled set whose training split's masks are used")
+    flip: bool = Field(True, description="mirror half of them left-right")
+    rotate: float = Field(180.0, ge=0, le=180, description="turn each by up to this many degrees either way")
+
+
 class MasksConfig(_Section):
-    preset: str = "masks/default.yaml"
+    preset: str = Field("masks/default.yaml", description="procedural shapes, and the lesion sizes of every source")
+    source: Literal["procedural", "real"] = Field(
+        "procedural", description="real: labels of a labelled set's training split (masks.real), flipped, "
+        "rotated, scaled to the planned size and shifted into the field of view")
+    real: RealMasksConfig | None = None
+
+    @model_validator(mode="after")
+    def _real_needs_a_set(self) -> MasksConfig:
+        if (self.source == "real") != (self.real is not None):
+            raise ValueError("source: real takes its labels from masks.real.labelled (images, masks, split); "
+                             "masks.real is for source: real only")
+        return self
 
 
 class TargetsConfig(_Section):
@@ -278,8 +298,25 @@ class GateConfig(_Section):
     run_kid_max: float | None = Field(None, description="the run fails when the KID of its samples exceeds this")
     run_fid_max: float | None = None
     run_precision_min: float | None = None
-    acceptance_min: float | None = Field(0.5, ge=0, le=1, description="the run fails when fewer are accepted")
+    acceptance_min: float | None = Field(
+        0.5, ge=0, le=1, description="the run fails when fewer are accepted (a job that asks for "
+        "samples.accepted is bounded by its max_attempts instead)")
     diversity_pairs: int = Field(8, ge=0, description="sampled image pairs per shard for the MS-SSIM diversity")
+
+
+class AcceptedSamplesConfig(_Section):
+    """Ask for N *accepted* samples: plan N, generate, gate, and plan replacements for the rejected
+    (fresh seeds, the same distribution) round after round until N are accepted or the budget of
+    attempts is spent (`pipeline/gate/rounds.py`)."""
+
+    accepted: int = Field(gt=0, description="samples the gate must accept")
+    max_attempts: float = Field(1.5, ge=1, description="at most this many samples planned per sample asked "
+                                "(1.5: 150 attempts for 100 accepted); then the run stops and says why")
+
+    @property
+    def budget(self) -> int:
+        """The most samples all rounds together may plan."""
+        return int(self.accepted * self.max_attempts + 1e-9)
 
 
 class JobConfig(_Section):
@@ -287,7 +324,8 @@ class JobConfig(_Section):
 
     run_id: str = "run-{date}"
     seed: int = 0
-    samples: int = Field(100, gt=0)
+    samples: int | AcceptedSamplesConfig = Field(
+        100, description="samples to plan, or {accepted: N, max_attempts: 1.5}: N the gate accepts")
     shard_size: int = Field(64, gt=0)
     output: str = "runs"
     frames: FramesConfig
@@ -306,6 +344,30 @@ class JobConfig(_Section):
             raise ValueError("must be a non-empty name without '/' or surrounding spaces")
         return value
 
+    @field_validator("samples")
+    @classmethod
+    def _positive(cls, value: int | AcceptedSamplesConfig) -> int | AcceptedSamplesConfig:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("must be > 0 (or {accepted: N, max_attempts: 1.5})")
+        return value
+
+    @model_validator(mode="after")
+    def _accepted_needs_the_gate(self) -> JobConfig:
+        if self.until_accepted and not self.gate.enabled:
+            raise ValueError("samples.accepted: the gate decides what is accepted; set gate.enabled: true, "
+                             "or ask for a number of samples")
+        return self
+
+    @property
+    def first_round(self) -> int:
+        """Samples the first plan holds: all of them, or the N accepted ones asked for."""
+        return self.samples if isinstance(self.samples, int) else self.samples.accepted
+
+    @property
+    def until_accepted(self) -> AcceptedSamplesConfig | None:
+        """The `samples: {accepted: N}` form, when the job asks for accepted samples."""
+        return None if isinstance(self.samples, int) else self.samples
+
     def resolved_run_id(self, today: _dt.date | None = None) -> str:
         return self.run_id.format(date=(today or _dt.date.today()).isoformat())
 
@@ -318,9 +380,11 @@ class JobConfig(_Section):
         settings), to tell whether a run's plan still matches its job. Gate bounds, executor and
         output are not in it: changing them must not orphan a run."""
         return json_digest({
-            "seed": self.seed, "samples": self.samples, "shard_size": self.shard_size,
+            "seed": self.seed, "shard_size": self.shard_size,
+            "samples": self.samples if isinstance(self.samples, int) else self.samples.model_dump(),
             **self.model_dump(mode="json", include={"frames", "prompts", "masks"},
-                              exclude={"frames": {"polyp_free_from"}} if self.frames.polyp_free_from is None else None),
+                              exclude={"frames": {"polyp_free_from"} if self.frames.polyp_free_from is None else set(),
+                                       "masks": {"source", "real"} if self.masks.source == "procedural" else set()}),
             **({"targets": self.targets.model_dump(mode="json")} if self.targets else {}),
             **({"negatives": self.negatives.model_dump(mode="json")} if self.negatives else {}),
             "engine": {"kind": self.engine.kind, **self.engine.pixel_settings()},

@@ -124,6 +124,24 @@ def _donor_run(tmp_path, name, donor_ids):
     return str(tmp_path / f"{name}.parquet")
 
 
+def _masks_run(tmp_path, name, mask_ids):
+    """Shards of a run whose masks are real labels (`masks.source: real`) of `mask_ids`."""
+    from pipeline.plan.masks.real import RealMask
+
+    frames = [DATA / "normal-mucosa" / f"{i}.jpg" for i in range(1, len(mask_ids) + 1)]
+    params = [json.dumps(RealMask(i, str(KVASIR / "masks" / f"{i}.jpg"), "", _sha(KVASIR / "images" / f"{i}.jpg"),
+                                  False, 0.0, (0.5, 0.5), 0.2, "small").to_dict()) for i in mask_ids]
+    table = pa.table({"sample_id": [f"{name}{i}" for i in range(len(mask_ids))],
+                      "source_frame": [str(f) for f in frames], "source_sha256": [_sha(f) for f in frames],
+                      "mask_params": params,
+                      "image": pa.array([{"bytes": encode_png(np.full((8, 8, 3), i, np.uint8)), "path": ""}
+                                         for i in range(len(mask_ids))]),
+                      "mask": pa.array([{"bytes": encode_png(np.zeros((8, 8), np.uint8)), "path": ""}]
+                                       * len(mask_ids))})
+    pq.write_table(table, tmp_path / f"{name}.parquet")
+    return str(tmp_path / f"{name}.parquet")
+
+
 def _sha(path):
     from pipeline.core.digests import sha256_hex
 
@@ -156,6 +174,10 @@ def test_every_path_of_an_evaluation_image_into_training_is_refused(tmp_path, ev
     refused({"s": _donor_run(tmp_path, "d1", [TRAIN[0], TEST[3]])},
             f"donor lesions were cut from include 1 evaluation images \\({TEST[3]}\\)", real_n=None)
     refused({"s": _donor_run(tmp_path, "d2", [TRAIN[0], TRAIN[5]])}, "not among the trial's real images")
+    refused({"s": _masks_run(tmp_path, "m1", [TRAIN[0], TEST[3]])},
+            f"reused as masks \\(masks.source: real\\) include 1 evaluation images \\({TEST[3]}\\)", real_n=None)
+    refused({"s": _masks_run(tmp_path, "m2", [TRAIN[0], TRAIN[5]])},
+            "images whose labels are its masks are not among the trial's real images")
 
     for name, lineage, match in (
         ("reference", Lineage(reference=ImageKeys.of([_key(TEST[2])]), gated=True), "the gate's reference images include"),

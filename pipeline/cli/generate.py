@@ -28,11 +28,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """generate → gate; the gate runs only on a complete run, and its verdict is the exit code."""
+    """generate → gate; the gate runs only on a complete run, and its verdict is the exit code. A job
+    that asks for accepted samples runs rounds of generate → gate until it has them."""
     from pipeline.gate.run import run_gate
     from pipeline.generate.runner import run_generate
 
     config = job(args)
+    if config.until_accepted:
+        from pipeline.gate.rounds import run_until_accepted
+        from pipeline.plan.plan import planned_count
+
+        planned_count(config, args.n)  # --n is refused: later rounds depend on every sample before them
+        outcome = run_until_accepted(config, lambda description: executor(config, description))
+        print(outcome.line())
+        return 0 if outcome.ok else 1
     summary = run_generate(config, executor(config), args.n)
     print(summary.line())
     if not summary.ok:
@@ -52,7 +61,8 @@ def register(add: AddCommand) -> None:
                            "donor library to write (Parquet; local path or fsspec URL)")
     for name, fn, text in (
         ("generate", cmd_generate, "plan → generate → shards"),
-        ("run", cmd_run, "the whole job: generate → gate (export with `polyp-synth export`)"),
+        ("run", cmd_run, "the whole job: generate → gate, in rounds until N are accepted when the job asks "
+                         "for samples: {accepted: N} (export with `polyp-synth export`)"),
     ):
         p = add(name, fn, text)
         job_arguments(p)

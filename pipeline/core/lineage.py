@@ -6,8 +6,9 @@ image, and two datasets that both name their files `1.png … 612.png` (CVC-Clin
 mucosa frames) do not collide. Its id (the file stem) is kept beside it to name it in messages.
 A synthetic set's `Lineage` lists them per path: the images its donor lesions were cut from, its
 host frames (or, for frames cut by `frames polyp-free`, the labelled frames they were cut from),
-and the real images of whatever chose it: the gate's reference and probe negatives, and the images
-its label-check segmenter was trained and calibrated on.
+the images whose labels became its masks (`masks.source: real`), and the real images of whatever
+chose it: the gate's reference and probe negatives, and the images its label-check segmenter was
+trained and calibrated on.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Lineage(BaseModel):
 
     donors: ImageKeys = ImageKeys()
     hosts: ImageKeys = ImageKeys()
+    masks: ImageKeys = ImageKeys()
     reference: ImageKeys = ImageKeys()
     negatives: ImageKeys = ImageKeys()
     segmenter: ImageKeys = ImageKeys()
@@ -69,6 +71,7 @@ class Lineage(BaseModel):
 
     PATHS: ClassVar[dict[str, str]] = {
         "donors": "the images its donor lesions were cut from", "hosts": "its host frames",
+        "masks": "the images whose labels it reused as masks (masks.source: real)",
         "reference": "the gate's reference images", "negatives": "the gate's probe negatives",
         "segmenter": "the images the gate's label-check segmenter was trained or calibrated on"}
 

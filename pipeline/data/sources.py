@@ -147,7 +147,7 @@ def fingerprint(refs: list[PairRef]) -> Fingerprint:
     return Fingerprint(digest, keys)
 
 
-_PROVENANCE = ("source_frame", "source_sha256", "donor_id", "engine")
+_PROVENANCE = ("source_frame", "source_sha256", "donor_id", "engine", "mask_params")
 
 
 def lineage(spec: DataSpec | str, refs: list[PairRef]) -> Lineage | None:
@@ -165,7 +165,7 @@ def lineage(spec: DataSpec | str, refs: list[PairRef]) -> Lineage | None:
     rows: dict[str, set[int]] = {}
     for ref in refs:
         rows.setdefault(ref.source, set()).add(ref.row)
-    donors, hosts = [], []
+    donors, hosts, masks = [], [], []
     for url, keep in sorted(rows.items()):
         with parquet.read_footer(url) as footer:
             present = set(footer.schema_arrow.names)
@@ -177,7 +177,8 @@ def lineage(spec: DataSpec | str, refs: list[PairRef]) -> Lineage | None:
             engine = column["engine"][i] if "engine" in column else None
             donors.append((column["donor_id"][i] if "donor_id" in column else None, (engine or {}).get("donors")))
             hosts.append((column["source_frame"][i] or "", column["source_sha256"][i] or ""))
-    return sample_lineage(donors, hosts)
+            masks.append(column["mask_params"][i] if "mask_params" in column else None)
+    return sample_lineage(donors, hosts, masks)
 
 
 def unlabelled_files(spec: DataSpec | str) -> dict[str, str]:

@@ -52,7 +52,7 @@ from pipeline.generate.shards import (
 log = logging.getLogger(__name__)
 
 _EXPORT_NAMES = {MANIFEST_FILE, EXPORT_CARD_FILE, EXPORT_DATA_DIR, EXPORT_IMAGE_DIR, EXPORT_MASK_DIR, EXPORT_METADATA_FILE}
-_LINEAGE_COLUMNS = ("source_frame", "source_sha256", "donor_id")
+_LINEAGE_COLUMNS = ("source_frame", "source_sha256", "donor_id", "mask_params")
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -96,6 +96,7 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
     schemas, models = [], set()
     donors: list[tuple[str | None, str | None]] = []  # (donor_id, the library it names) of each exported row
     hosts: list[tuple[str, str]] = []  # (source_frame, source_sha256)
+    masks: list[str | None] = []  # mask_params: a real mask names the image whose label it is
     random_weights, config, run_id = False, {}, ""
     for url in plan.shard_urls:
         with shard_footer(url) as footer:
@@ -128,12 +129,13 @@ def _plan_run(run_dir: str, options: ExportOptions, seen: set[str]) -> _RunPlan:
                      for name in _LINEAGE_COLUMNS}
             donors.append((value["donor_id"], (engine or {}).get("donors")))
             hosts.append((value["source_frame"] or "", value["source_sha256"] or ""))
+            masks.append(value["mask_params"])
         samples += len(ids)
         plan.keep.append(rows)
     if random_weights:
         log.warning("%s: %s", run_dir, RANDOM_WEIGHTS_WARNING)
     plan.schema = pa.unify_schemas(schemas, promote_options="permissive")
-    lineage = sample_lineage(donors, hosts)
+    lineage = sample_lineage(donors, hosts, masks)
     if lineage is not None and not options.include_rejected:  # the gate chose these rows: what judged them matters
         lineage = None if gate.metrics.lineage is None else lineage | gate.metrics.lineage
     plan.summary = SourceRun(

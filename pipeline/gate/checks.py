@@ -239,3 +239,14 @@ def judge(scores: dict[str, np.ndarray], config: GateConfig, negative: np.ndarra
     for i in np.flatnonzero(unscored):
         reasons[i].append(UNSCORED)
     return reasons
+
+
+SURPLUS = "surplus"
+"""The reason of an accepted sample beyond the N a job asked for (`samples: {accepted: N}`)."""
+
+
+def keep_first(reasons: list[list[str]], keep: int) -> list[list[str]]:
+    """The verdicts with every accepted sample after the first `keep` (in plan order) rejected as
+    `surplus`: a job that asks for N accepted samples gets N, the earliest planned."""
+    passed = np.flatnonzero([not r for r in reasons])
+    return [[SURPLUS] if i in set(passed[keep:].tolist()) else r for i, r in enumerate(reasons)]

@@ -27,7 +27,6 @@ from pipeline.gate.reference import Reference
 from pipeline.gate.verdicts import GateMetrics, SetMetrics
 from pipeline.generate.shards import RANDOM_WEIGHTS_WARNING
 from pipeline.plan.plan import Plan
-from pipeline.plan.targets import size_shares
 
 SHEET_SAMPLES = 12
 
@@ -118,17 +117,11 @@ def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray) -> list[
     return sorted(rows, key=lambda r: (r[0], r[3], r[1]))
 
 
-def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
+def _sizes(plan: Plan | None, metrics: GateMetrics) -> str:
     """Lesion sizes generated and accepted (the labels' areas), against what the plan asked when it
     was aimed (`targets`): the gate's rejections must not skew the distribution unseen."""
-    areas = {}
-    for index in sorted(set(run.shard_indices.tolist())):
-        table = parquet.read(layout.shard(index), columns=["sample_id", "mask_area"])
-        areas.update(zip(table.column("sample_id").to_pylist(), table.column("mask_area").to_pylist()))
-    lesions = [(areas[s], keep) for s, keep, negative in zip(run.sample_ids, accepted, run.negative) if not negative]
-    columns = {"generated": size_shares([area for area, _ in lesions]),
-               "accepted": size_shares([area for area, keep in lesions if keep])}
-    targets = Plan.read(layout.root).meta.targets if storage.exists(layout.plan) else None
+    columns = dict(metrics.sizes)
+    targets = plan.meta.targets if plan else None
     if targets is not None:
         columns = {"natural": targets.natural, "asked": targets.asked, **columns}
     head = "".join(f"<th>{name}</th>" for name in columns) + ("<th>why</th>" if targets else "")
@@ -137,6 +130,17 @@ def _sizes(layout: RunLayout, run: Any, accepted: np.ndarray) -> str:
                    for name, _, _, label in SIZE_BINS)
     source = f"<p>Aimed with {html.escape(targets.source)}.</p>" if targets else ""
     return f"{source}<table><tr><th>size</th>{head}</tr>{rows}</table>"
+
+
+def _rounds(plan: Plan | None) -> str:
+    """The rounds of a job that asked for accepted samples: what each planned, and why."""
+    if plan is None or len(plan.rounds) < 2:
+        return ""
+    rows = "".join(f"<tr><th>{r.index}</th><td>{r.samples}</td><td>{r.first_shard}</td>"
+                   f"<td style='text-align:left'>{html.escape(r.why)}</td></tr>" for r in plan.rounds)
+    return ("<h2>Rounds</h2><p>Each round planned replacements for the samples the gate had rejected, until the "
+            f"job's accepted samples were reached or its budget spent.</p><table><tr><th>round</th><th>planned</th>"
+            f"<th>first shard</th><th>why</th></tr>{rows}</table>")
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -169,7 +173,7 @@ th{background:#f3f3f3}.hist img{width:400px;margin:4px}.sheet img{max-width:100%
 
 
 def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, bytes], sheets: dict[str, bytes | None],
-           attribute_rates: list[tuple[str, str, int, float]], sizes: str) -> str:
+           attribute_rates: list[tuple[str, str, int, float]], sizes: str, rounds: str) -> str:
     m = metrics
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>gate report: {html.escape(m.run_id)}</title>"
              f"<style>{_STYLE}</style></head><body>"]
@@ -219,7 +223,7 @@ def render(metrics: GateMetrics, reference: Reference, histograms: dict[str, byt
     overall = m.samples.accepted / max(1, m.samples.total)
     parts.extend(f"<tr{' class=low' if rate < overall - 0.1 else ''}><th>{html.escape(a)}</th><td>{html.escape(v)}</td>"
                  f"<td>{n}</td><td>{100 * rate:.0f}%</td></tr>" for a, v, n, rate in attribute_rates)
-    parts.append("</table><h2>Lesion sizes (share of the frame): generated and accepted</h2>" + sizes)
+    parts.append("</table><h2>Lesion sizes (share of the frame): generated and accepted</h2>" + sizes + rounds)
     parts.append("<h2>Bounds</h2>" + "".join(f"<p>{html.escape(note)}</p>" for note in m.notes) + "<table>"
                  + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in m.bounds.items())
                  + "</table></body></html>")
@@ -242,6 +246,7 @@ def write_report(layout: RunLayout, metrics: GateMetrics, reference: Reference, 
         if sheets[key]:
             storage.write_bytes_atomic(layout.gate_file(f"{key}.png"), sheets[key])
     accepted = np.array([not r for r in reasons])
+    plan = Plan.read(layout.root) if storage.exists(layout.plan) else None
     page = render(metrics, reference, histograms, sheets, _attribute_rates(layout, run, accepted),
-                  _sizes(layout, run, accepted))
+                  _sizes(plan, metrics), _rounds(plan))
     storage.write_bytes_atomic(layout.gate_report, page.encode())

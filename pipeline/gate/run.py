@@ -43,6 +43,7 @@ from pipeline.generate.manifest import RunManifest
 from pipeline.generate.shards import made_with_random_weights, read_shard, shard_footer
 from pipeline.plan.frames import load_frame
 from pipeline.plan.negatives import negative_of
+from pipeline.plan.targets import size_shares
 from pipeline.segmenter.model import read_record
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         log.warning("%d hard negatives: without gate.segmenter nothing checks that they hold no lesion",
                     int(negative.sum()))
     reasons = checks.judge(scores, gate, negative)
+    if config.until_accepted:  # samples are in plan order: shards ascending, rows by plan index
+        reasons = checks.keep_first(reasons, config.until_accepted.accepted)
 
     shard_verdicts = []
     for index in shards:
@@ -374,7 +377,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     for sample_reasons in reasons:
         for reason in sample_reasons:
             counts[reason] = counts.get(reason, 0) + 1
-    failures = _run_failures(gate, accepted_figures, float(accepted[~negative].mean()) if (~negative).any() else 1.0)
+    acceptance = float(accepted[~negative].mean()) if (~negative).any() else 1.0
+    failures = _run_failures(gate, accepted_figures, None if config.until_accepted else acceptance)
     random_weights = any(made_with_random_weights(e) for e in _engines(layout, shards))
     if random_weights:
         log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")
@@ -386,7 +390,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
         diversity=float(np.mean(run.diversity_pairs)) if run.diversity_pairs else None,
         samples=SampleCounts(total=len(accepted), accepted=int(accepted.sum()), by_reason=counts,
                              negatives=int(negative.sum()), negatives_accepted=int((accepted & negative).sum())),
-        shards=shard_verdicts, random_weights=random_weights,
+        shards=shard_verdicts, random_weights=random_weights, sizes=size_shares_of(layout, run, accepted),
         bounds=gate.model_dump(mode="json", exclude={"reference"}),
         lineage=gate_lineage(reference, gate), notes=[label_note] if label_note else [],
     )
@@ -398,6 +402,18 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     outcome = GateOutcome(gate_metrics, run_dir)
     log.info(outcome.line())
     return outcome
+
+
+def size_shares_of(layout: RunLayout, run: RunFeatures, accepted: np.ndarray) -> dict[str, dict[str, float]]:
+    """The share of each size bin among the polyp samples generated, and among those accepted (the
+    labels' areas, as written in the shards)."""
+    areas = {}
+    for index in sorted(set(run.shard_indices.tolist())):
+        table = parquet.read(layout.shard(index), columns=["sample_id", "mask_area"])
+        areas.update(zip(table.column("sample_id").to_pylist(), table.column("mask_area").to_pylist()))
+    lesions = [(areas[s], keep) for s, keep, negative in zip(run.sample_ids, accepted, run.negative) if not negative]
+    return {"generated": size_shares([area for area, _ in lesions]),
+            "accepted": size_shares([area for area, keep in lesions if keep])}
 
 
 def gate_lineage(reference: Reference, gate: GateConfig) -> Lineage | None:
@@ -420,11 +436,12 @@ def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:
     return engines
 
 
-def _run_failures(gate: GateConfig, accepted: SetMetrics, acceptance: float) -> list[str]:
+def _run_failures(gate: GateConfig, accepted: SetMetrics, acceptance: float | None) -> list[str]:
     """Run-level bounds, judged on the accepted samples (what export hands to trainers); `acceptance`
-    is of the polyp samples (hard negatives pass more easily and must not lift it)."""
+    is of the polyp samples (hard negatives pass more easily and must not lift it), None for a job
+    that asks for accepted samples: its `samples.max_attempts` bounds how many may be rejected."""
     failures = []
-    if gate.acceptance_min is not None and acceptance < gate.acceptance_min:
+    if gate.acceptance_min is not None and acceptance is not None and acceptance < gate.acceptance_min:
         failures.append(f"acceptance {acceptance:.3f} < gate.acceptance_min {gate.acceptance_min}")
     for name, bound, above in (("kid", gate.run_kid_max, True), ("fid", gate.run_fid_max, True),
                                ("precision", gate.run_precision_min, False)):

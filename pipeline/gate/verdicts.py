@@ -91,6 +91,7 @@ class GateMetrics(_Record):
     samples: SampleCounts
     shards: list[ShardVerdict]
     random_weights: bool  # some shards were made by a model with random weights
+    sizes: dict[str, dict[str, float]] = {}  # generated / accepted → share of the polyp samples per size bin
     bounds: dict[str, Any]  # the gate settings that judged (bounds resolved: e.g. an automatic label_iou_min)
     lineage: Lineage | None = None  # the reference's images and probe negatives (None: not recorded)
     notes: list[str] = []  # where a bound came from (e.g. an automatic label_iou_min), for the report

@@ -94,7 +94,7 @@ def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
     wanted = planned_count(config, n)
     if storage.exists(RunLayout(run_dir).plan):
         plan = Plan.read(run_dir)
-        if plan.meta.config_digest != config.plan_digest() or plan.num_samples != wanted:
+        if plan.meta.config_digest != config.plan_digest() or plan.rounds[0].samples != wanted:
             raise ShardError(f"{run_dir}: holds a plan of another job (its config or sample count differ); "
                              "use another run_id or output, or delete that run")
         changed = stale_inputs(plan.meta, config)
@@ -103,7 +103,7 @@ def load_or_build_plan(config: JobConfig, run_dir: str, n: int | None) -> Plan:
         if changed:
             raise ShardError(f"{run_dir}: {changed[0]} since this run was planned: its samples would not be "
                              "what its plan says; use another run_id, or delete that run to plan again")
-        log.info("reusing the plan in %s (%d samples)", run_dir, plan.num_samples)
+        log.info("reusing the plan in %s (%d samples in %d rounds)", run_dir, plan.num_samples, len(plan.rounds))
         return plan
     plan = new_plan(config, n)
     plan.write(run_dir)

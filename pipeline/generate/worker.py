@@ -35,6 +35,7 @@ from pipeline.plan.fov import detect_fov, position_in_view
 from pipeline.plan.frames import load_frame
 from pipeline.plan.masks.params import MaskParams
 from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.real import RealMask, draw_real_mask, is_real
 from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.masks.shapes import draw_mask
 from pipeline.plan.negatives import Negative, is_negative
@@ -113,6 +114,8 @@ def _prepared(row: dict[str, Any], output_resolution: int | None,
     frame = timer.time("frame_load", lambda: resize_image(load_frame(row["source_frame"], row["source_sha256"]),
                                                           (width, height)))
     params = json.loads(row["mask_params"])
+    if is_real(params):
+        return frame, timer.time("mask", lambda: draw_real_mask(RealMask.from_dict(params), width, height)), None
     if not is_negative(params):
         return frame, timer.time("mask", lambda: draw_mask(MaskParams.from_dict(params), width, height)), None
     negative = Negative.from_dict(params)

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from pipeline import __version__
-from pipeline.config import JobConfig, config_from_dict
+from pipeline.config import JobConfig, RealMasksConfig, config_from_dict
 from pipeline.core import parquet, storage
 from pipeline.core.digests import digest, seed_from
 from pipeline.core.layout import RunLayout
@@ -34,6 +34,7 @@ from pipeline.errors import ConfigError, FrameCatalogError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
+from pipeline.plan.masks.real import SourceMask, load_source_masks, sample_real_mask
 from pipeline.plan.masks.sampling import sample_mask_params, size_class_at
 from pipeline.plan.modality import frame_values, read_frame_metadata
 from pipeline.plan.negatives import draw_negative, negative_of, negative_rng
@@ -55,11 +56,15 @@ def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, see
 
 
 def planned_count(config: JobConfig, n: int | None) -> int:
-    """How many samples a plan holds: the job's, or its first `n` (refused beyond the job's size)."""
-    if n is not None and n > config.samples:
-        raise ConfigError(f"--n {n}: the job plans only samples={config.samples}; "
+    """How many samples a plan's first round holds: the job's, or its first `n` (refused beyond the
+    job's size, and for a job that asks for accepted samples, whose later rounds depend on all of them)."""
+    if n is not None and config.until_accepted:
+        raise ConfigError(f"--n {n}: the job asks for samples.accepted={config.until_accepted.accepted}; "
+                          f"ask for fewer with --set samples.accepted={n}")
+    if n is not None and n > config.first_round:
+        raise ConfigError(f"--n {n}: the job plans only samples={config.first_round}; "
                           f"raise it with --set samples={n}, or ask for fewer")
-    return n or config.samples
+    return n or config.first_round
 
 
 class SkippedFrameInfo(BaseModel):
@@ -83,6 +88,16 @@ class InputInfo(BaseModel):
     digest: str
 
 
+class PlanRound(BaseModel):
+    """One round of planning: the first holds the job's samples; a job that asks for accepted
+    samples adds one per gate pass that fell short (`pipeline/gate/rounds.py`)."""
+
+    index: int
+    samples: int
+    first_shard: int
+    why: str
+
+
 class PlanMeta(BaseModel):
     """The provenance a plan was made from, stored in its Parquet schema metadata."""
 
@@ -97,6 +112,7 @@ class PlanMeta(BaseModel):
     pipeline_version: str
     engine_inputs: dict[str, str] = {}  # digests of what the engine reads besides frames (its donor library)
     targets: TargetsInfo | None = None  # the lesion-size shares the plan was aimed at, and why
+    rounds: list[PlanRound] = []  # empty in plans made before rounds: one round of every sample
 
     def job(self) -> JobConfig:
         """The job config the plan was made from, typed again."""
@@ -117,6 +133,11 @@ class Plan:
     @property
     def num_samples(self) -> int:
         return self.table.num_rows
+
+    @property
+    def rounds(self) -> list[PlanRound]:
+        return self.meta.rounds or [PlanRound(index=0, samples=self.num_samples, first_shard=0,
+                                              why="the samples the job asks for")]
 
     @cached_property
     def shard_indices(self) -> list[int]:
@@ -182,8 +203,18 @@ def mask_rng(run_seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([run_seed, 2, index])
 
 
-def _init_mask_worker(preset: MaskPreset, fovs: list[FieldOfView]) -> None:
-    _worker_state.update(preset=preset, fovs=fovs)
+def _init_mask_worker(preset: MaskPreset, fovs: list[FieldOfView], real: RealMasksConfig | None,
+                      sources: list[SourceMask]) -> None:
+    _worker_state.update(preset=preset, fovs=fovs, real=real, sources=sources)
+
+
+def _mask_params(attributes: dict[str, Any], fov: FieldOfView, rng: np.random.Generator, level: float | None) -> str:
+    """One sample's mask parameters (JSON): procedural, or a real label (`masks.source`)."""
+    preset, real = _worker_state["preset"], _worker_state["real"]
+    if real is not None:
+        sources = _worker_state["sources"]
+        return json.dumps(sample_real_mask(sources, real, preset, attributes, fov, rng, level).to_dict())
+    return json.dumps(sample_mask_params(preset, attributes, fov, rng, level).to_dict())
 
 
 def target_rng(run_seed: int, index: int) -> np.random.Generator:
@@ -196,12 +227,9 @@ def _mask_chunk(seed: int, start: int, attributes: list[dict[str, Any]], frames:
     """Mask parameters (JSON) of samples start, start+1, …: each from its own random stream, so any
     chunk can be computed anywhere and the result does not depend on how the plan was split ("" for
     a skipped sample, a hard negative: it has no mask)."""
-    preset, fovs = _worker_state["preset"], _worker_state["fovs"]
-    return [
-        "" if skipped else
-        json.dumps(sample_mask_params(preset, attrs, fovs[frame], mask_rng(seed, start + i), level).to_dict())
-        for i, (attrs, frame, level, skipped) in enumerate(zip(attributes, frames, levels, skip))
-    ]
+    fovs = _worker_state["fovs"]
+    return ["" if skipped else _mask_params(attrs, fovs[frame], mask_rng(seed, start + i), level)
+            for i, (attrs, frame, level, skipped) in enumerate(zip(attributes, frames, levels, skip))]
 
 
 def _main_is_importable() -> bool:
@@ -210,20 +238,23 @@ def _main_is_importable() -> bool:
     return main_file is None or os.path.exists(main_file)
 
 
-def _sample_masks(config: JobConfig, preset: MaskPreset, catalog: FrameCatalog, prompts: list[PromptSample],
-                  frames: list[int], levels: list[float | None], skip: list[bool]) -> list[str]:
-    """Mask parameters of every sample not skipped, over all cores for large plans (the costly part of
-    planning)."""
+def _sample_masks(config: JobConfig, preset: MaskPreset, sources: list[SourceMask], catalog: FrameCatalog,
+                  prompts: list[PromptSample], frames: list[int], levels: list[float | None], skip: list[bool],
+                  offset: int) -> list[str]:
+    """Mask parameters of samples offset, offset+1, … not skipped, over all cores for large plans
+    (the costly part of planning)."""
     fovs = [record.fov for record in catalog.records]
-    chunks = [(config.seed, start, [p.attributes for p in prompts[start:start + _CHUNK]], frames[start:start + _CHUNK],
+    chunks = [(config.seed, offset + start, [p.attributes for p in prompts[start:start + _CHUNK]],
+               frames[start:start + _CHUNK],
                levels[start:start + _CHUNK], skip[start:start + _CHUNK]) for start in range(0, len(prompts), _CHUNK)]
     workers = min(len(chunks), os.cpu_count() or 1) if _main_is_importable() else 1
+    state = (preset, fovs, config.masks.real, sources)
     if workers <= 1:
-        _init_mask_worker(preset, fovs)
+        _init_mask_worker(*state)
         return [mask for chunk in progress_bar(chunks, "planning masks", len(chunks), "chunks")
                 for mask in _mask_chunk(*chunk)]
     context = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Ray, progress)
-    with ProcessPoolExecutor(workers, context, initializer=_init_mask_worker, initargs=(preset, fovs)) as pool:
+    with ProcessPoolExecutor(workers, context, initializer=_init_mask_worker, initargs=state) as pool:
         results = pool.map(_mask_chunk, *zip(*chunks))
         return [mask for chunk in progress_bar(results, "planning masks", len(chunks), "chunks") for mask in chunk]
 
@@ -292,77 +323,122 @@ def frame_catalog(config: JobConfig) -> FrameCatalog:
                          workers=min(8, os.cpu_count() or 1))
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every round of a job's plan draws from: its frames, bank, preset and aim."""
+
+    config: JobConfig
+    catalog: FrameCatalog
+    bank: PromptBank
+    preset: MaskPreset
+    decided: list[dict[str, str]]  # per catalog frame, the axis values it decides
+    targets: TargetsInfo | None
+    engine_json: str
+    sources: list[SourceMask]  # the labels `masks.source: real` draws from (none for procedural masks)
+
+    @classmethod
+    def load(cls, config: JobConfig, catalog: FrameCatalog, engine_inputs: dict[str, str]) -> _Inputs:
+        bank, preset = PromptBank.load(config.prompts.bank), MaskPreset.load(config.masks.preset)
+        targets = aim(config.targets, preset) if config.targets else None
+        if targets is not None and "size" not in bank.axes:
+            raise ConfigError(f"targets: the prompt bank {config.prompts.bank} has no size axis to aim")
+        engine_json = json.dumps({**config.engine.pixel_settings(), **engine_inputs}, sort_keys=True)
+        sources = load_source_masks(config.masks.real.labelled) if config.masks.real else []
+        return cls(config, catalog, bank, preset, _frame_decided(config, catalog, bank), targets, engine_json, sources)
+
+    def rows(self, start: int, count: int, round_index: int, first_shard: int) -> pa.Table:
+        """Samples start … start+count−1 of the job, in shards first_shard, first_shard+1, …: each
+        sample is drawn from streams of its own index, so they are the same whatever came before."""
+        config, catalog, seed = self.config, self.catalog, self.config.seed
+        indices = range(start, start + count)
+        order = np.random.default_rng([seed, 1]).permutation(len(catalog.records))
+        frames = [int(order[index % len(order)]) for index in indices]
+        given = [self.decided[frame] for frame in frames]
+        levels: list[float | None] = [None] * count
+        if self.targets is not None:  # the area level first; the prompt's size class is the one that level is in
+            sampler = LevelSampler.of(self.targets, self.preset)
+            levels = [sampler.draw(target_rng(seed, index)) for index in indices]
+            given = [{**values, "size": size_class_at(level, self.preset)} for values, level in zip(given, levels)]
+        prompts = self.bank.sample_many(count, seed, given, start=start)
+        negatives = [draw_negative(config.negatives, negative_rng(seed, index), catalog.records[frame].fov)
+                     for index, frame in zip(indices, frames)] if config.negatives else [None] * count
+        masks = _sample_masks(config, self.preset, self.sources, catalog, prompts, frames, levels,
+                              [n is not None for n in negatives], start)
+        for i, negative in enumerate(negatives):  # an empty label and no prompt: nothing is painted
+            if negative is not None:
+                masks[i] = json.dumps(negative.to_dict())
+                prompts[i] = dataclasses.replace(prompts[i], text="", negative="")
+
+        rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+        for i, (index, prompt, mask_json) in enumerate(zip(indices, prompts, masks)):
+            frame = catalog.records[frames[i]]
+            noise_seed = sample_seed(seed, index)
+            for name, value in (
+                ("sample_id", sample_id(frame.sha256, prompt.text, prompt.negative, mask_json, noise_seed,
+                                        self.engine_json)),
+                ("plan_index", index), ("round", round_index),
+                ("shard_index", first_shard + i // config.shard_size), ("seed", noise_seed),
+                ("source_frame", frame.uri), ("source_sha256", frame.sha256),
+                ("frame_width", frame.width), ("frame_height", frame.height),
+                ("prompt", prompt.text), ("negative_prompt", prompt.negative),
+                ("attributes", prompt.attributes), ("mask_params", mask_json),
+            ):
+                rows[name].append(value)
+        return pa.table({name: pa.array(values, type=_COLUMNS[name]) for name, values in rows.items()})
+
+
 def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | None = None,
                engine_inputs: dict[str, str] | None = None) -> Plan:
-    """Turn a job config into its plan; `n` plans only the first n samples of the job. `engine_inputs`
-    are digests of what the engine reads (a donor library): part of every sample's identity."""
+    """Turn a job config into its plan (its first round, for a job that asks for accepted samples);
+    `n` plans only the first n samples of the job. `engine_inputs` are digests of what the engine
+    reads (a donor library): part of every sample's identity."""
     total = planned_count(config, n)
     catalog = catalog or frame_catalog(config)
-    bank = PromptBank.load(config.prompts.bank)
-    preset = MaskPreset.load(config.masks.preset)
-
-    order = np.random.default_rng([config.seed, 1]).permutation(len(catalog.records))
-    frames = [int(order[index % len(order)]) for index in range(total)]
-    decided = _frame_decided(config, catalog, bank)
-    given = [decided[frame] for frame in frames]
-    targets = aim(config.targets, preset) if config.targets else None
-    levels: list[float | None] = [None] * total
-    if targets is not None:  # the area level first; the prompt's size class is the one that level is in
-        if "size" not in bank.axes:
-            raise ConfigError(f"targets: the prompt bank {config.prompts.bank} has no size axis to aim")
-        sampler = LevelSampler.of(targets, preset)
-        levels = [sampler.draw(target_rng(config.seed, index)) for index in range(total)]
-        given = [{**values, "size": size_class_at(level, preset)} for values, level in zip(given, levels)]
-        for name, why in targets.why.items():
+    inputs = _Inputs.load(config, catalog, engine_inputs or {})
+    if inputs.targets is not None:
+        for name, why in inputs.targets.why.items():
             log.info("targets: %s: %s", name, why)
-    prompts = bank.sample_many(total, config.seed, given)
-    negatives = [draw_negative(config.negatives, negative_rng(config.seed, index), catalog.records[frames[index]].fov)
-                 for index in range(total)] if config.negatives else [None] * total
-    masks = _sample_masks(config, preset, catalog, prompts, frames, levels, [n is not None for n in negatives])
-    for index, negative in enumerate(negatives):  # an empty label and no prompt: nothing is painted
-        if negative is not None:
-            masks[index] = json.dumps(negative.to_dict())
-            prompts[index] = dataclasses.replace(prompts[index], text="", negative="")
-    engine_json = json.dumps({**config.engine.pixel_settings(), **(engine_inputs or {})}, sort_keys=True)
-
-    rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-    for index, (prompt, mask_json) in enumerate(zip(prompts, masks)):
-        frame = catalog.records[frames[index]]
-        seed = sample_seed(config.seed, index)
-        for name, value in (
-            ("sample_id", sample_id(frame.sha256, prompt.text, prompt.negative, mask_json, seed, engine_json)),
-            ("plan_index", index),
-            ("shard_index", index // config.shard_size), ("seed", seed),
-            ("source_frame", frame.uri), ("source_sha256", frame.sha256),
-            ("frame_width", frame.width), ("frame_height", frame.height),
-            ("prompt", prompt.text), ("negative_prompt", prompt.negative),
-            ("attributes", prompt.attributes), ("mask_params", mask_json),
-        ):
-            rows[name].append(value)
-
-    table = pa.table({name: pa.array(values, type=_COLUMNS[name]) for name, values in rows.items()})
+    table = inputs.rows(0, total, 0, 0)
     meta = PlanMeta(
         run_id=config.resolved_run_id(),
         config=config.model_dump(mode="json"),
         config_digest=config.plan_digest(),
         frames=FramesInfo(source=catalog.source, digest=catalog.digest(), usable=len(catalog.records),
                           skipped=[SkippedFrameInfo(uri=s.uri, reason=s.reason) for s in catalog.skipped],
-                          metadata=config.frames.metadata, decided=_tally(decided),
+                          metadata=config.frames.metadata, decided=_tally(inputs.decided),
                           listing=listing_digest([*(r.uri for r in catalog.records), *(s.uri for s in catalog.skipped)]),
                           metadata_digest=metadata_digest(config)),
-        prompt_bank=InputInfo(path=config.prompts.bank, digest=bank.digest()),
-        mask_preset=InputInfo(path=config.masks.preset, digest=preset.digest()),
+        prompt_bank=InputInfo(path=config.prompts.bank, digest=inputs.bank.digest()),
+        mask_preset=InputInfo(path=config.masks.preset, digest=inputs.preset.digest()),
         pipeline_version=__version__,
         engine_inputs=engine_inputs or {},
-        targets=targets,
+        targets=inputs.targets,
+        rounds=[PlanRound(index=0, samples=total, first_shard=0, why="the samples the job asks for")],
     )
     log.info("planned %d samples in %d shards from %d frames", total,
              -(-total // config.shard_size), len(catalog.records))
     return Plan(table, meta)
 
 
+def extend_plan(plan: Plan, config: JobConfig, count: int, why: str, catalog: FrameCatalog | None = None) -> Plan:
+    """The plan with one more round: `count` samples after its last (fresh seeds, the same asked
+    distribution), in shards of their own so that no written shard changes."""
+    catalog = catalog or frame_catalog(config)
+    if catalog.digest() != plan.meta.frames.digest:
+        raise ShardError(f"{config.run_dir()}: the frames of {config.frames.source} changed since this run was "
+                         "planned; its new round would be drawn from other frames: use another run_id")
+    inputs = _Inputs.load(config, catalog, plan.meta.engine_inputs)
+    round_ = PlanRound(index=len(plan.rounds), samples=count, first_shard=max(plan.shard_indices) + 1, why=why)
+    table = inputs.rows(plan.num_samples, count, round_.index, round_.first_shard)
+    log.info("round %d: planned %d samples in %d shards (%s)", round_.index, count,
+             -(-count // config.shard_size), why)
+    return Plan(pa.concat_tables([plan.table, table], promote_options="permissive"),
+                plan.meta.model_copy(update={"rounds": [*plan.rounds, round_]}))
+
+
 _COLUMNS: dict[str, pa.DataType | None] = {
-    "sample_id": pa.string(), "plan_index": pa.int64(), "shard_index": pa.int32(), "seed": pa.int64(),
+    "sample_id": pa.string(), "plan_index": pa.int64(), "round": pa.int32(), "shard_index": pa.int32(),
+    "seed": pa.int64(),
     "source_frame": pa.string(), "source_sha256": pa.string(),
     "frame_width": pa.int32(), "frame_height": pa.int32(),
     "prompt": pa.string(), "negative_prompt": pa.string(),

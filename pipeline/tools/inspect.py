@@ -63,6 +63,11 @@ def summarise_run(run_dir: str) -> str:
         f"{len(plan.meta.frames.skipped)} skipped",
         f"shards     {len(shard_names)} written, {rows} samples, {failed} failed samples, {size / 1e6:.1f} MB",
     ]
+    if config.until_accepted:
+        lines.append(f"asked      {config.until_accepted.accepted} accepted, at most {config.until_accepted.budget} "
+                     "planned (samples.accepted, samples.max_attempts)")
+    if len(plan.rounds) > 1:
+        lines.extend(f"round {r.index:<4} {r.samples} samples from shard {r.first_shard}: {r.why}" for r in plan.rounds)
     if made_with_random_weights(engine):
         log.warning("%s: %s", run_dir, RANDOM_WEIGHTS_WARNING)
         lines.append(f"WARNING    {RANDOM_WEIGHTS_WARNING}")

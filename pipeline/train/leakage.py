@@ -1,13 +1,14 @@
 """No evaluation image reaches training, by any path: refused, not warned.
 
 The paths an image can take into an experiment's training data: the real training ids themselves; a
-synthetic sample that *is* an evaluation image; a synthetic set's donor lesions and host frames
-(frames cut by `frames polyp-free` keep their source's id); the gate that chose the set (its
-reference images and its probe's negatives). Each is checked against every evaluation image (the
-labelled sets and the polyp-free frames), by id and by file content (`core.lineage`), and any
-overlap is one line naming the path and the images. Beyond leakage, with `--real-n` a synthetic set's
-donors must come from the trial's own real images: otherwise a gain would measure extra real data.
-A synthetic set whose provenance is unknown cannot be checked, so it is refused too.
+synthetic sample that *is* an evaluation image; a synthetic set's donor lesions, host frames
+(frames cut by `frames polyp-free` keep their source's id) and real masks (`masks.source: real`);
+the gate that chose the set (its reference images and its probe's negatives). Each is checked
+against every evaluation image (the labelled sets and the polyp-free frames), by id and by file
+content (`core.lineage`), and any overlap is one line naming the path and the images. Beyond
+leakage, with `--real-n` a synthetic set's donors and real masks must come from the trial's own real
+images: otherwise a gain would measure extra real data. A synthetic set whose provenance is unknown
+cannot be checked, so it is refused too.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def check_synthetic(synthetic: SyntheticSet, evaluation: ImageKeys, real: ImageK
     for path, images in synthetic.lineage.overlaps(evaluation).items():
         raise TrainError(f"{where}: {path} include {len(images)} evaluation images ({_named(images)}); "
                          "make it from training images only, and judge it with a reference and segmenter without them")
-    outside = synthetic.lineage.donors.outside(real) if real is not None else []
-    if outside:
-        raise TrainError(f"{where}: {len(outside)} donor images are not among the trial's real images "
-                         f"({_named(outside)}); build its donors from the same --real-n subset")
+    for path, what, build in (("donors", "donor images", "build its donors"),
+                              ("masks", "images whose labels are its masks", "take its real masks")):
+        outside = getattr(synthetic.lineage, path).outside(real) if real is not None else []
+        if outside:
+            raise TrainError(f"{where}: {len(outside)} {what} are not among the trial's real images "
+                             f"({_named(outside)}); {build} from the same --real-n subset")

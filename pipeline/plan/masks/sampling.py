@@ -47,7 +47,7 @@ def log_quantile(knots: tuple[float, ...], u: float) -> float:
     return knots[i] * (knots[i + 1] / knots[i]) ** (position - i)
 
 
-def _in_band(band: Range, rng: np.random.Generator) -> float:
+def in_band(band: Range, rng: np.random.Generator) -> float:
     return band[0] + (band[1] - band[0]) * rng.random()
 
 
@@ -68,7 +68,7 @@ def size_class_of(area_fraction: float, preset: MaskPreset) -> str:
     return size_class_at(area_level(area_fraction, preset), preset)
 
 
-def _lookup(entries: Mapping[str, Any], attributes: Mapping[str, object], key: str) -> str | None:
+def lookup(entries: Mapping[str, Any], attributes: Mapping[str, object], key: str) -> str | None:
     value = attributes.get(key)
     if value is not None and value not in entries:
         raise MaskPresetError(f"mask preset has no {key} {value!r} (it knows {', '.join(entries)})")
@@ -141,15 +141,15 @@ def _shape(
     elongated and irregular, so solidity is read at 1 - level.
     """
     lean = family is not None and rng.random() < preset.band_strength
-    u_ecc = _in_band(family.eccentricity_band, rng) if lean else rng.random()
-    u_solidity = 1.0 - (_in_band(family.solidity_band, rng) if lean else rng.random())
+    u_ecc = in_band(family.eccentricity_band, rng) if lean else rng.random()
+    u_solidity = 1.0 - (in_band(family.solidity_band, rng) if lean else rng.random())
     aspect = math.sqrt(1.0 - _quantile(preset.eccentricity, u_ecc) ** 2)
     stalk = None
     if family is not None and family.stalk is not None and rng.random() < family.stalk.probability:
         stalk = Stalk(
             angle=float(rng.uniform(0.0, 2.0 * np.pi)),
-            length=_in_band(family.stalk.length, rng),
-            width=_in_band(family.stalk.width, rng),
+            length=in_band(family.stalk.length, rng),
+            width=in_band(family.stalk.width, rng),
             bend=float(rng.uniform(-0.3, 0.3)),
         )
     rotation = float(rng.uniform(0.0, np.pi))
@@ -179,25 +179,25 @@ def sample_with_levels(
 
     The fit needs the levels to move each quantile knot by what the masks drawn near it got wrong.
     """
-    size = _lookup(preset.size_classes, attributes, "size")
+    size = lookup(preset.size_classes, attributes, "size")
     if u_area is None:
-        u_area = _in_band(preset.size_classes[size].band, rng) if size else rng.random()
+        u_area = in_band(preset.size_classes[size].band, rng) if size else rng.random()
     size = size or size_class_at(u_area, preset)
-    morphology = _lookup(preset.morphologies, attributes, "morphology") or _owner(
+    morphology = lookup(preset.morphologies, attributes, "morphology") or _owner(
         {name: entry.eccentricity_band for name, entry in preset.morphologies.items()}, rng.random()
     )
     total = log_quantile(preset.area_fraction, u_area)
 
     main, area, hull, u_ecc, u_solidity = _shape(preset, preset.morphologies[morphology], rng)
     second = preset.second_lesion
-    ratio = _in_band(second.area_ratio, rng) if rng.random() < second.probability else 0.0
+    ratio = in_band(second.area_ratio, rng) if rng.random() < second.probability else 0.0
     field = VisibleField.of(np.asarray(fov.grid, dtype=bool))
     center, scale = field.place(hull, math.sqrt(total / (1.0 + ratio) / area), rng)
     lesions = [replace(main, center=center, scale=scale)]
     if ratio > 0:
         extra, extra_area, extra_hull = _shape(preset, None, rng)[:3]
         extra_scale = scale * math.sqrt(ratio * area / extra_area)
-        gap = _in_band(second.gap, rng)
+        gap = in_band(second.gap, rng)
         extra_center = field.place_beside(hull * scale, extra_hull * extra_scale, center, gap, rng)
         if extra_center is not None:
             lesions.append(replace(extra, center=extra_center, scale=extra_scale))

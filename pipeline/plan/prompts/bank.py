@@ -136,11 +136,13 @@ class PromptBank:
         """One sample; it takes the same number of draws from `rng` whatever it picks."""
         return self._render(rng.random(self._width).tolist(), self.check_given(given or {}, "given"))
 
-    def sample_many(self, n: int, seed: int, given: Sequence[Mapping[str, str]] | None = None) -> list[PromptSample]:
-        """`n` samples from `default_rng(seed)`: the same as `n` calls of `sample` on that generator.
+    def sample_many(self, n: int, seed: int, given: Sequence[Mapping[str, str]] | None = None,
+                    start: int = 0) -> list[PromptSample]:
+        """`n` samples from `default_rng(seed)`: the same as `n` calls of `sample` on that generator,
+        after `start` samples drawn and dropped (so samples start… of a longer run are these).
         `given[i]` holds the axis values sample i's frame decides (checked with `check_given`)."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        if n < 0 or start < 0:
+            raise ValueError(f"n and start must be >= 0, got {n} and {start}")
         checked: dict[tuple[tuple[str, str], ...], dict[str, int]] = {}  # a plan repeats a few frames' values
 
         def check(values: Mapping[str, str]) -> dict[str, int]:
@@ -151,6 +153,8 @@ class PromptBank:
 
         masks = [check(values) for values in given] if given is not None else [{}] * n
         rng = np.random.default_rng(seed)
+        for skipped in range(0, start, _CHUNK):  # in the same chunks as drawing them: the same stream
+            rng.random((min(_CHUNK, start - skipped), self._width))
         samples: list[PromptSample] = []
         while len(samples) < n:
             rows = rng.random((min(_CHUNK, n - len(samples)), self._width)).tolist()

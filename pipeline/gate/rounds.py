@@ -1,0 +1,114 @@
+"""A job that asks for accepted samples (`samples: {accepted: N, max_attempts: 1.5}`): rounds of
+generate → gate, each planning replacements for what the gate rejected, until N are accepted or the
+budget of attempts (N × max_attempts samples planned) is spent.
+
+A round plans what is missing divided by the acceptance so far (100 planned, 60 accepted → 40
+missing / 0.6 → 67 more), within the budget: enough to finish in one more round about half the
+time, and in few rounds always, since each round is a pass of the cluster and of the gate. The gate
+then keeps the first N accepted in plan order and rejects the rest as `surplus`. Replacements are
+the job's next samples (fresh seeds, drawn from the same asked distribution), in shards of their
+own, so no written shard changes. Every round is recorded in the plan (`PlanMeta.rounds`) and every
+step is the resumable one of its stage, so a run killed anywhere resumes where it stopped: what a
+round plans is a function of the verdicts, which are a function of the shards, so the same job
+takes the same rounds and accepts the same samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.config import JobConfig
+from pipeline.core.lesion_bins import SIZE_BINS
+from pipeline.executors.base import Executor, WorkerFactory
+from pipeline.gate.run import GateOutcome, run_gate
+from pipeline.generate.runner import RunSummary, run_generate
+from pipeline.generate.worker import make_worker
+from pipeline.plan.plan import Plan, PlanRound, extend_plan
+
+log = logging.getLogger(__name__)
+
+_REASONS_NAMED = 3
+
+
+@dataclass
+class RoundsOutcome:
+    """Where a job that asks for accepted samples stands after its last round."""
+
+    run_dir: str
+    asked: int
+    budget: int
+    rounds: list[PlanRound]
+    generated: RunSummary  # the last round's generation
+    gate: GateOutcome | None  # None when generation failed
+
+    @property
+    def accepted(self) -> int:
+        return self.gate.metrics.samples.accepted if self.gate else 0
+
+    @property
+    def planned(self) -> int:
+        return sum(r.samples for r in self.rounds)
+
+    @property
+    def ok(self) -> bool:
+        return self.gate is not None and self.accepted >= self.asked and self.gate.passed
+
+    def line(self) -> str:
+        if self.gate is None:
+            return self.generated.line()
+        text = (f"{self.run_dir}: {self.accepted} accepted of {self.asked} asked; {self.planned} planned in "
+                f"{len(self.rounds)} round(s) ({' + '.join(str(r.samples) for r in self.rounds)}) of a budget "
+                f"of {self.budget}")
+        if self.accepted < self.asked:
+            text += (f"; FAILED: the budget of attempts is spent ({short_of(self.gate)}): raise "
+                     "samples.max_attempts, or find why the gate rejects so many in its report")
+        return text + "\n" + sizes_line(self.gate) + "\n" + self.gate.line()
+
+
+def short_of(gate: GateOutcome) -> str:
+    """The commonest reasons for rejection, for a message that says why a run fell short."""
+    counts = Counter(gate.metrics.samples.by_reason)
+    return "rejected mostly for " + ", ".join(f"{reason} ({n})" for reason, n in counts.most_common(_REASONS_NAMED))
+
+
+def sizes_line(gate: GateOutcome) -> str:
+    """Planned against accepted share of each lesion size bin: rejection must not skew it unseen."""
+    sizes = gate.metrics.sizes
+    if not sizes:
+        return "sizes: no polyp samples"
+    return "sizes generated → accepted: " + ", ".join(
+        f"{label} {sizes['generated'][name]:.2f} → {sizes['accepted'][name]:.2f}" for name, _, _, label in SIZE_BINS)
+
+
+def replacements(asked: int, accepted: int, planned: int, budget: int) -> int:
+    """Samples the next round plans: those missing over the acceptance so far, within what the budget
+    leaves (all of it when nothing was accepted yet; 0: stop)."""
+    missing, left = asked - accepted, budget - planned
+    if missing <= 0 or left <= 0:
+        return 0
+    return min(math.ceil(missing * planned / accepted) if accepted else left, left)
+
+
+def run_until_accepted(config: JobConfig, executor_for: Callable[[str], Executor],
+                       factory: WorkerFactory = make_worker) -> RoundsOutcome:
+    """generate → gate → plan replacements, round after round (see the module docstring)."""
+    wanted = config.until_accepted
+    if wanted is None:
+        raise ValueError("run_until_accepted needs a job with samples: {accepted: N}")
+    run_dir = config.run_dir()
+    while True:
+        generated = run_generate(config, executor_for("generating"), factory=factory)
+        plan = Plan.read(run_dir)
+        if not generated.ok:
+            return RoundsOutcome(run_dir, wanted.accepted, wanted.budget, plan.rounds, generated, None)
+        gate = run_gate(run_dir, config, executor_for("gating"))
+        more = replacements(wanted.accepted, gate.metrics.samples.accepted, plan.num_samples, wanted.budget)
+        if more == 0:
+            return RoundsOutcome(run_dir, wanted.accepted, wanted.budget, plan.rounds, generated, gate)
+        why = (f"{gate.metrics.samples.accepted} of {plan.num_samples} accepted after round {len(plan.rounds) - 1}, "
+               f"{short_of(gate)}")
+        extend_plan(plan, config, more, why).write(run_dir)
