@@ -14,7 +14,7 @@ from pipeline import cli
 from pipeline.config import config_from_dict
 from pipeline.core.images import decode_image, resize_image
 from pipeline.core.labelled import binary_label
-from pipeline.errors import ConfigError, MaskPresetError
+from pipeline.errors import ConfigError, MaskPresetError, ShardError
 from pipeline.executors.local import LocalExecutor
 from pipeline.generate.lineage import sample_lineage
 from pipeline.generate.runner import run_generate
@@ -74,8 +74,9 @@ def test_a_label_placed_as_itself_is_drawn_as_itself_and_flips_and_turns_exactly
 
 
 def job(tmp_path, split_ids, samples=24, **changes):
-    split = tmp_path / "masks.txt"
+    split, donors = tmp_path / "masks.txt", tmp_path / "donors.txt"
     split.write_text("\n".join(split_ids) + "\n")
+    donors.write_text("\n".join(TRAIN[:10]) + "\n")
     return config_from_dict({
         "run_id": "real", "seed": 3, "samples": samples, "shard_size": 12, "output": str(tmp_path),
         "frames": {"source": str(KVASIR / "images"), "limit": 6},  # real framings: a field of view to stay in
@@ -83,7 +84,7 @@ def job(tmp_path, split_ids, samples=24, **changes):
             "preset": f"{ROOT}/masks/default.yaml", "source": "real",
             "real": {"labelled": {**LABELLED, "split": str(split)}, "rotate": 30}},
         "engine": {"kind": "transplant", "donors": str(tmp_path / "donors.parquet"), "output_resolution": 160,
-                   "donors_source": {**LABELLED, "split": str(split)}},
+                   "donors_source": {**LABELLED, "split": str(donors)}},
         **changes,
     })
 
@@ -111,6 +112,9 @@ def test_the_plan_draws_split_labels_at_the_planned_size_inside_the_field_of_vie
 def test_generated_samples_carry_the_placed_label_and_its_source_image_in_their_lineage(tmp_path):
     config = job(tmp_path, TRAIN[:10], samples=12)
     assert run_generate(config, LocalExecutor()).ok
+    (tmp_path / "masks.txt").write_text("\n".join(TRAIN[:9]) + "\n")  # an edited split is not resumed
+    with pytest.raises(ShardError, match="the labels masks.real draws from"):
+        run_generate(config, LocalExecutor())
     rows = [row for path in sorted((tmp_path / "real" / "shards").glob("*.parquet"))
             for row in pq.read_table(path).to_pylist()]
     catalog = {frame.name: frame for frame in KVASIR.glob("images/*.jpg")}

@@ -3,13 +3,17 @@ are accepted, on real transplants and a real gate; resumable mid-round, determin
 budget is a non-zero exit that says why."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
 from pipeline.config import config_from_dict
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ShardError
 from pipeline.executors.local import LocalExecutor
 from pipeline.gate.checks import keep_first
 from pipeline.gate.rounds import replacements, run_until_accepted
@@ -131,6 +135,30 @@ def test_a_run_killed_mid_round_resumes_to_the_same_accepted_set(inputs, tmp_pat
     assert resumed.ok
     assert accepted_ids(resumed.run_dir) == accepted_ids(whole.run_dir())
     assert Plan.read(resumed.run_dir).rounds == Plan.read(whole.run_dir()).rounds
+
+    # the process itself killed (SIGKILL) as soon as round 1 is planned, then the same command again
+    shot = job(inputs, tmp_path, run_id="shot")
+    path = tmp_path / "shot.yaml"
+    path.write_text(json.dumps(shot.model_dump(mode="json")))
+    command = [sys.executable, "-m", "pipeline", "run", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if len(Plan.read(shot.run_dir()).rounds) > 1:
+                break
+        except ShardError:  # not planned yet
+            pass
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before round 1 was planned: nothing was killed"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert accepted_ids(shot.run_dir()) == accepted_ids(whole.run_dir())
+    written = [sid for p in sorted((tmp_path / "shot" / "shards").glob("*.parquet"))
+               for sid in pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist()]
+    assert len(written) == len(set(written)) == Plan.read(shot.run_dir()).num_samples  # each sample once
 
 
 def test_a_spent_budget_is_a_non_zero_exit_that_says_why(inputs, tmp_path, capsys):

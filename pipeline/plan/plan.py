@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError, FrameCatalogError, ShardError
 from pipeline.plan.fov import FieldOfView
 from pipeline.plan.frames import FrameCatalog, build_catalog, list_frames
 from pipeline.plan.masks.preset import MaskPreset
-from pipeline.plan.masks.real import SourceMask, load_source_masks, sample_real_mask
+from pipeline.plan.masks.real import SourceMask, load_source_masks, sample_real_mask, source_digest
 from pipeline.plan.masks.sampling import sample_mask_params, size_class_at
 from pipeline.plan.modality import frame_values, read_frame_metadata
 from pipeline.plan.negatives import draw_negative, negative_of, negative_rng
@@ -111,6 +111,7 @@ class PlanMeta(BaseModel):
     mask_preset: InputInfo
     pipeline_version: str
     engine_inputs: dict[str, str] = {}  # digests of what the engine reads besides frames (its donor library)
+    real_masks: InputInfo | None = None  # the labels `masks.source: real` draws from (`real.source_digest`)
     targets: TargetsInfo | None = None  # the lesion-size shares the plan was aimed at, and why
     rounds: list[PlanRound] = []  # empty in plans made before rounds: one round of every sample
 
@@ -310,9 +311,19 @@ def stale_inputs(meta: PlanMeta, config: JobConfig) -> list[str]:
     metadata = metadata_digest(config)
     if metadata != meta.frames.metadata_digest:
         changed.append(f"the frame metadata {config.frames.metadata} changed")
+    if real_masks_info(config) != meta.real_masks:
+        changed.append(f"the labels masks.real draws from ({config.masks.real.labelled.split}) changed")
     if config.targets and meta.targets and aim(config.targets, MaskPreset.load(config.masks.preset)).digest != meta.targets.digest:
         changed.append(f"the evaluation the plan was aimed with ({meta.targets.source}) changed")
     return changed
+
+
+def real_masks_info(config: JobConfig) -> InputInfo | None:
+    """Which labels a real-mask job draws from (None for procedural masks)."""
+    if config.masks.real is None:
+        return None
+    source = config.masks.real.labelled
+    return InputInfo(path=source.split or source.masks, digest=source_digest(source))
 
 
 def frame_catalog(config: JobConfig) -> FrameCatalog:
@@ -413,6 +424,7 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
         pipeline_version=__version__,
         engine_inputs=engine_inputs or {},
         targets=inputs.targets,
+        real_masks=real_masks_info(config),
         rounds=[PlanRound(index=0, samples=total, first_shard=0, why="the samples the job asks for")],
     )
     log.info("planned %d samples in %d shards from %d frames", total,

@@ -23,9 +23,9 @@ import numpy as np
 
 from pipeline.config import LabelledSetConfig, RealMasksConfig
 from pipeline.core import storage
-from pipeline.core.digests import sha256_hex
+from pipeline.core.digests import digest, sha256_hex
 from pipeline.core.images import decode_image
-from pipeline.core.labelled import binary_label, labelled_pairs
+from pipeline.core.labelled import binary_label, files_by_id, labelled_pairs, read_split
 from pipeline.core.progress import progress_bar
 from pipeline.errors import MaskPresetError
 from pipeline.plan.masks.placement import VisibleField
@@ -82,6 +82,14 @@ def load_source_masks(source: LabelledSetConfig) -> list[SourceMask]:
     if not masks:
         raise MaskPresetError(f"masks.real: {source.masks}: no label in the split holds a polyp")
     return masks
+
+
+def source_digest(source: LabelledSetConfig) -> str:
+    """Identity of which labels a job may draw: its split's contents (every mask file's name without
+    a split). Cheap, so a resumed run can check it; each sample's own mask is checked by content."""
+    ids = (read_split(source.split, MaskPresetError) if source.split
+           else sorted(files_by_id(source.masks, MaskPresetError, "mask")))
+    return digest("\n".join(ids))
 
 
 def _turned(hull: np.ndarray, flip: bool, rotation: float) -> np.ndarray:
