@@ -319,12 +319,24 @@ class AcceptedSamplesConfig(_Section):
         return int(self.accepted * self.max_attempts + 1e-9)
 
 
+def _samples_kind(value: Any) -> str:
+    return f"{UNION_TAG_PREFIX}{'accepted' if isinstance(value, (dict, AcceptedSamplesConfig)) else 'count'}"
+
+
+SamplesSetting = Annotated[
+    Annotated[int, Tag(f"{UNION_TAG_PREFIX}count")]
+    | Annotated[AcceptedSamplesConfig, Tag(f"{UNION_TAG_PREFIX}accepted")],
+    Discriminator(_samples_kind),
+]
+"""`samples`: a count, or `{accepted: N, max_attempts: 1.5}`; a mapping's errors name its own fields."""
+
+
 class JobConfig(_Section):
     """A whole job. `run_id` may contain `{date}`, expanded when the job starts."""
 
     run_id: str = "run-{date}"
     seed: int = 0
-    samples: int | AcceptedSamplesConfig = Field(
+    samples: SamplesSetting = Field(
         100, description="samples to plan, or {accepted: N, max_attempts: 1.5}: N the gate accepts")
     shard_size: int = Field(64, gt=0)
     output: str = "runs"
@@ -381,7 +393,8 @@ class JobConfig(_Section):
         output are not in it: changing them must not orphan a run."""
         return json_digest({
             "seed": self.seed, "shard_size": self.shard_size,
-            "samples": self.samples if isinstance(self.samples, int) else self.samples.model_dump(),
+            # only what decides the first round: raising max_attempts to finish a run must not orphan it
+            "samples": self.samples if isinstance(self.samples, int) else {"accepted": self.samples.accepted},
             **self.model_dump(mode="json", include={"frames", "prompts", "masks"},
                               exclude={"frames": {"polyp_free_from"} if self.frames.polyp_free_from is None else set(),
                                        "masks": {"source", "real"} if self.masks.source == "procedural" else set()}),

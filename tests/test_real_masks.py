@@ -6,21 +6,22 @@ import json
 import math
 import shutil
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from pipeline.config import config_from_dict
+from pipeline.config import RealMasksConfig, config_from_dict
 from pipeline.core.images import decode_image, resize_image
 from pipeline.core.labelled import binary_label
 from pipeline.errors import ConfigError, MaskPresetError, ShardError
 from pipeline.executors.local import LocalExecutor
 from pipeline.generate.lineage import sample_lineage
 from pipeline.generate.runner import run_generate
-from pipeline.plan.fov import detect_fov
+from pipeline.plan.fov import FieldOfView, detect_fov
 from pipeline.plan.masks.preset import MaskPreset
-from pipeline.plan.masks.real import RealMask, draw_real_mask
+from pipeline.plan.masks.real import RealMask, draw_real_mask, load_source_masks, sample_real_mask, turned
 from pipeline.plan.masks.sampling import size_class_of
 from pipeline.plan.plan import build_plan
 from pipeline.testing.data import shared_data
@@ -73,6 +74,32 @@ def test_a_label_placed_as_itself_is_drawn_as_itself_and_flips_and_turns_exactly
     assert set(np.unique(turned)) <= {0, 255}
 
 
+def test_the_outline_placement_fits_is_the_label_that_is_drawn(tmp_path):
+    """`sample_real_mask` places a label by its turned hull; `draw_real_mask` must draw it there, for
+    any flip and turn."""
+    split = tmp_path / "ids.txt"
+    split.write_text("\n".join(TRAIN[:6]) + "\n")
+    settings = RealMasksConfig(labelled={**LABELLED, "split": str(split)})
+    sources = load_source_masks(settings.labelled)
+    preset = MaskPreset.load(f"{ROOT}/masks/default.yaml")
+    width, height = 320, 256
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        placed_mask = sample_real_mask(sources, settings, preset, {}, FieldOfView.full(width, height), rng)
+        source = next(m for m in sources if m.id == placed_mask.id)
+        side = placed_mask.scale * math.sqrt(width * height)
+        hull = turned(source.hull, placed_mask.flip, placed_mask.rotation) * side
+        hull += np.array(placed_mask.center) * (width, height)
+        outline = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(outline, [np.round(hull * 16).astype(np.int32)], 255, shift=4)
+        drawn = draw_real_mask(placed_mask, width, height) > 0
+        inside = cv2.dilate(outline, np.ones((5, 5), np.uint8)) > 0
+        assert (drawn & ~inside).sum() <= 0.005 * drawn.sum()  # the label lies within its hull
+        own = np.zeros_like(outline)  # the drawn label's own hull is the placed one
+        cv2.fillPoly(own, [cv2.convexHull(cv2.findNonZero(drawn.astype(np.uint8)))], 255)
+        assert iou(own, outline) > 0.9
+
+
 def job(tmp_path, split_ids, samples=24, **changes):
     split, donors = tmp_path / "masks.txt", tmp_path / "donors.txt"
     split.write_text("\n".join(split_ids) + "\n")
@@ -123,7 +150,7 @@ def test_generated_samples_carry_the_placed_label_and_its_source_image_in_their_
         params = RealMask.from_dict(json.loads(row["mask_params"]))
         mask = decode_image(row["mask"]["bytes"])
         assert np.array_equal(mask, draw_real_mask(params, row["width"], row["height"]))
-        assert abs(row["mask_area"] - params.area_fraction) < 0.01
+        assert row["mask_area"] == pytest.approx(params.area_fraction, rel=0.1)
         frame = decode_image(catalog[row["source_frame"].rsplit("/", 1)[1]].read_bytes())
         view = detect_fov(resize_image(frame, (row["width"], row["height"]))).to_mask(row["width"], row["height"])
         outside.append(((mask > 0) & ~view).sum() / max((mask > 0).sum(), 1))

@@ -45,7 +45,7 @@ def job(inputs, out, run_id="acc", max_attempts=3.0, **gate):
         "output": str(out), "frames": {"source": str(DATA / "normal-mucosa"), "limit": 12},
         "engine": {"kind": "transplant", "donors": str(inputs / "donors.parquet"), "output_resolution": 128,
                    "donors_source": {**labelled, "split": str(inputs / "donors.txt")}},
-        "gate": {"device": "cpu", "shard_kid_max": None,
+        "gate": {"device": "cpu", "shard_kid_max": None, "acceptance_min": 0.99,  # superseded by max_attempts
                  "reference": {"path": str(inputs / "reference"), **labelled, "split": str(inputs / "reference.txt"),
                                "negatives": str(DATA / "normal-mucosa")}, **gate},
     })
@@ -65,12 +65,13 @@ def accepted_ids(run_dir):
     return set(load_gate(str(run_dir)).accepted_ids)
 
 
-def test_replacements_are_what_is_missing_over_the_acceptance_within_the_budget():
-    assert replacements(asked=100, accepted=60, planned=100, budget=200) == 67  # 40 / 0.6
-    assert replacements(asked=100, accepted=60, planned=100, budget=150) == 50  # budget-bound
-    assert replacements(asked=100, accepted=0, planned=100, budget=150) == 50  # nothing to estimate from
-    assert replacements(asked=100, accepted=90, planned=150, budget=150) == 0  # spent
-    assert replacements(asked=100, accepted=100, planned=120, budget=150) == 0  # done
+def test_replacements_are_what_is_missing_over_the_acceptance_in_whole_shards_within_the_budget():
+    assert replacements(asked=100, accepted=60, planned=100, budget=200, shard_size=1) == 67  # 40 / 0.6
+    assert replacements(asked=100, accepted=60, planned=100, budget=200, shard_size=25) == 75  # whole shards
+    assert replacements(asked=100, accepted=60, planned=100, budget=150, shard_size=1) == 50  # budget-bound
+    assert replacements(asked=100, accepted=0, planned=100, budget=150, shard_size=1) == 50  # nothing to go by
+    assert replacements(asked=100, accepted=90, planned=150, budget=150, shard_size=1) == 0  # spent
+    assert replacements(asked=100, accepted=100, planned=120, budget=150, shard_size=1) == 0  # done
 
 
 def test_the_first_n_accepted_are_kept_and_the_rest_are_surplus():
@@ -168,16 +169,22 @@ def test_a_spent_budget_is_a_non_zero_exit_that_says_why(inputs, tmp_path, capsy
     assert exit_code(["run", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"of {ASKED} asked" in out and "budget of attempts is spent" in out and "no_lesion" in out
+    failures = json.loads((tmp_path / "tight" / "gate" / "metrics.json").read_text())["failures"]
+    assert any(f"< samples.accepted {ASKED}" in failure for failure in failures)  # so export refuses it
     assert len(Plan.read(config.run_dir()).rounds) == 1  # max_attempts 1: no replacement fits the budget
 
 
 def test_accepted_jobs_refuse_what_cannot_work(inputs, tmp_path):
     with pytest.raises(ConfigError, match="gate.enabled"):
         job(inputs, tmp_path, enabled=False)
-    with pytest.raises(ConfigError, match="samples"):
+    with pytest.raises(ConfigError, match="samples.accepted: Input should be greater than 0"):
         config_from_dict({"frames": {"source": "x"}, "samples": {"accepted": 0}})
-    with pytest.raises(ConfigError, match="samples"):
+    with pytest.raises(ConfigError, match="samples.max_attempts: Input should be greater than or equal to 1"):
         config_from_dict({"frames": {"source": "x"}, "samples": {"accepted": 10, "max_attempts": 0.5}})
+    with pytest.raises(ConfigError, match="samples.max_attempt: unknown key"):
+        config_from_dict({"frames": {"source": "x"}, "samples": {"accepted": 10, "max_attempt": 2}})
+    more = job(inputs, tmp_path, max_attempts=4.0)  # raising the budget to finish a run keeps its plan
+    assert more.plan_digest() == job(inputs, tmp_path).plan_digest()
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(job(inputs, tmp_path).model_dump(mode="json")))
     assert exit_code(["run", str(path), "--n", "4"]) == 2  # later rounds depend on every sample before them

@@ -35,10 +35,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = job(args)
     if config.until_accepted:
+        from pipeline.errors import ConfigError
         from pipeline.gate.rounds import run_until_accepted
-        from pipeline.plan.plan import planned_count
 
-        planned_count(config, args.n)  # --n is refused: later rounds depend on every sample before them
+        if args.n is not None:  # later rounds depend on every sample before them
+            raise ConfigError(f"--n {args.n}: the job asks for samples.accepted={config.until_accepted.accepted}; "
+                              f"ask for another number with --set samples.accepted={args.n}")
         outcome = run_until_accepted(config, lambda description: executor(config, description))
         print(outcome.line())
         return 0 if outcome.ok else 1

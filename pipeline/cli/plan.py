@@ -53,11 +53,12 @@ def cmd_frames_polyp_free(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.generate.runner import new_plan
+    from pipeline.core.layout import RunLayout
+    from pipeline.generate.runner import load_or_build_plan
 
     config = job(args)
-    plan = new_plan(config, args.n)
-    url = plan.write(config.run_dir())
+    plan = load_or_build_plan(config, config.run_dir(), args.n)  # a run's plan (and its rounds) is kept
+    url = RunLayout(config.run_dir()).plan
     print(f"{url}: {plan.num_samples} samples in {len(plan.shard_indices)} shards "
           f"({plan.meta.frames.usable} frames, {len(plan.meta.frames.skipped)} skipped)")
     if plan.negatives:

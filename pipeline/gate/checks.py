@@ -248,5 +248,5 @@ SURPLUS = "surplus"
 def keep_first(reasons: list[list[str]], keep: int) -> list[list[str]]:
     """The verdicts with every accepted sample after the first `keep` (in plan order) rejected as
     `surplus`: a job that asks for N accepted samples gets N, the earliest planned."""
-    passed = np.flatnonzero([not r for r in reasons])
-    return [[SURPLUS] if i in set(passed[keep:].tolist()) else r for i, r in enumerate(reasons)]
+    surplus = set(np.flatnonzero([not r for r in reasons])[keep:].tolist())
+    return [[SURPLUS] if i in surplus else r for i, r in enumerate(reasons)]

@@ -21,7 +21,7 @@ from pipeline.core import parquet, storage
 from pipeline.core.images import decode_image
 from pipeline.core.layout import RunLayout
 from pipeline.core.lesion_bins import SIZE_BINS
-from pipeline.gate.checks import CHECKS
+from pipeline.gate.checks import CHECKS, SURPLUS
 from pipeline.gate.metrics import fid, kid
 from pipeline.gate.reference import Reference
 from pipeline.gate.verdicts import GateMetrics, SetMetrics
@@ -82,8 +82,8 @@ def _picks(run: Any, reasons: list[list[str]], scores: dict[str, np.ndarray], ac
     chosen: list[int] = []
     if accepted:
         chosen = [i for i, r in enumerate(reasons) if not r][:SHEET_SAMPLES]
-    else:
-        rejected = [i for i, r in enumerate(reasons) if r]
+    else:  # surplus samples passed every check: not shown as rejections
+        rejected = [i for i, r in enumerate(reasons) if r and r != [SURPLUS]]
         by_reason: dict[str, list[int]] = {}
         for i in rejected:
             by_reason.setdefault(reasons[i][0], []).append(i)
@@ -100,7 +100,8 @@ def _picks(run: Any, reasons: list[list[str]], scores: dict[str, np.ndarray], ac
     return picks
 
 
-def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray) -> list[tuple[str, str, int, float]]:
+def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray,
+                     judged: np.ndarray) -> list[tuple[str, str, int, float]]:
     """(attribute, value, samples, acceptance rate), worst first within each attribute: the categorical
     attributes a sample records, which are those its engine honoured (a transplant sample never
     records the prompt's colour or NICE type; measured numbers such as a donor's shape are left out)."""
@@ -109,6 +110,8 @@ def _attribute_rates(layout: RunLayout, run: Any, accepted: np.ndarray) -> list[
     for index in sorted(set(run.shard_indices.tolist())):
         table = parquet.read(layout.shard(index), columns=["sample_id", "attributes"])
         for sample_id, attributes in zip(table.column("sample_id").to_pylist(), table.column("attributes").to_pylist()):
+            if not judged[position[sample_id]]:
+                continue
             for name, value in (attributes or {}).items():
                 if value is None or isinstance(value, float):
                     continue
@@ -246,7 +249,8 @@ def write_report(layout: RunLayout, metrics: GateMetrics, reference: Reference, 
         if sheets[key]:
             storage.write_bytes_atomic(layout.gate_file(f"{key}.png"), sheets[key])
     accepted = np.array([not r for r in reasons])
+    judged = np.array([r != [SURPLUS] for r in reasons])  # a surplus sample says nothing of its attributes
     plan = Plan.read(layout.root) if storage.exists(layout.plan) else None
-    page = render(metrics, reference, histograms, sheets, _attribute_rates(layout, run, accepted),
+    page = render(metrics, reference, histograms, sheets, _attribute_rates(layout, run, accepted, judged),
                   _sizes(plan, metrics), _rounds(plan))
     storage.write_bytes_atomic(layout.gate_report, page.encode())

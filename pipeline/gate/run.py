@@ -379,6 +379,8 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
             counts[reason] = counts.get(reason, 0) + 1
     acceptance = float(accepted[~negative].mean()) if (~negative).any() else 1.0
     failures = _run_failures(gate, accepted_figures, None if config.until_accepted else acceptance)
+    if config.until_accepted and int(accepted.sum()) < config.until_accepted.accepted:  # export refuses it
+        failures.append(f"accepted {int(accepted.sum())} < samples.accepted {config.until_accepted.accepted}")
     random_weights = any(made_with_random_weights(e) for e in _engines(layout, shards))
     if random_weights:
         log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")

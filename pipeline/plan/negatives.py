@@ -110,7 +110,7 @@ def draw_negative(config: NegativesConfig, rng: np.random.Generator, fov: FieldO
 
 
 def is_negative(params: Mapping[str, Any]) -> bool:
-    """Whether parsed `mask_params` describe a negative (else a lesion's `MaskParams`)."""
+    """Whether parsed `mask_params` describe a negative (else a lesion's: procedural or real)."""
     return "negative" in params
 
 

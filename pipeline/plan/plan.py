@@ -57,10 +57,7 @@ def sample_id(frame_sha256: str, prompt: str, negative: str, mask_json: str, see
 
 def planned_count(config: JobConfig, n: int | None) -> int:
     """How many samples a plan's first round holds: the job's, or its first `n` (refused beyond the
-    job's size, and for a job that asks for accepted samples, whose later rounds depend on all of them)."""
-    if n is not None and config.until_accepted:
-        raise ConfigError(f"--n {n}: the job asks for samples.accepted={config.until_accepted.accepted}; "
-                          f"ask for fewer with --set samples.accepted={n}")
+    job's size)."""
     if n is not None and n > config.first_round:
         raise ConfigError(f"--n {n}: the job plans only samples={config.first_round}; "
                           f"raise it with --set samples={n}, or ask for fewer")

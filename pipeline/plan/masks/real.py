@@ -31,6 +31,7 @@ from pipeline.errors import MaskPresetError
 from pipeline.plan.masks.placement import VisibleField
 from pipeline.plan.masks.preset import MaskPreset
 from pipeline.plan.masks.sampling import in_band, log_quantile, lookup, size_class_at
+from pipeline.plan.masks.stats import without_specks
 
 SOURCE_KEY = "real"
 """The key of a real mask's parameters: `mask_params` holding it describe a real mask."""
@@ -47,10 +48,13 @@ class SourceMask:
     hull: np.ndarray  # (k, 2) convex hull about the label's centroid, in units of sqrt(its pixel count)
 
 
-def _read_label(url: str, data: bytes | None = None) -> tuple[np.ndarray, bytes]:
-    data = storage.read_bytes(url) if data is None else data
+def _read_label(url: str) -> tuple[np.ndarray, bytes]:
     try:
-        return binary_label(decode_image(data, "gray")), data
+        data = storage.read_bytes(url)
+    except OSError as exc:
+        raise MaskPresetError(f"{url}: cannot read the mask ({type(exc).__name__}: {exc})") from None
+    try:
+        return without_specks(binary_label(decode_image(data, "gray"))), data
     except ValueError as exc:
         raise MaskPresetError(f"{url}: not a readable mask ({exc})") from None
 
@@ -92,7 +96,7 @@ def source_digest(source: LabelledSetConfig) -> str:
     return digest("\n".join(ids))
 
 
-def _turned(hull: np.ndarray, flip: bool, rotation: float) -> np.ndarray:
+def turned(hull: np.ndarray, flip: bool, rotation: float) -> np.ndarray:
     """The outline mirrored left-right (when `flip`), then turned by `rotation` radians."""
     c, s = math.cos(rotation), math.sin(rotation)
     return (hull * np.array([-1.0 if flip else 1.0, 1.0])) @ np.array([[c, s], [-s, c]])
@@ -151,7 +155,7 @@ def sample_real_mask(masks: list[SourceMask], settings: RealMasksConfig, preset:
         u_area = in_band(preset.size_classes[size].band, rng) if size else rng.random()
     field = VisibleField.of(np.asarray(fov.grid, dtype=bool))
     side = math.sqrt(log_quantile(preset.area_fraction, u_area))
-    center, scale = field.place(_turned(source.hull, flip, rotation), side, rng)
+    center, scale = field.place(turned(source.hull, flip, rotation), side, rng)
     return RealMask(source.id, source.mask, source.mask_sha256, source.image_sha256, flip, rotation, center, scale,
                     size or size_class_at(u_area, preset))
 

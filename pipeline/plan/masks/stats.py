@@ -31,6 +31,15 @@ _DIAMOND = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
 _EPS = 1e-9
 
 
+def without_specks(label: np.ndarray) -> np.ndarray:
+    """A boolean label without its components below `SPECK_FRACTION` of the image (JPEG noise: a stray
+    pixel in a corner would otherwise count as part of the lesion)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(label.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= SPECK_FRACTION * label.size
+    keep[0] = False  # the background
+    return keep[labels]
+
+
 def mask_stats(mask: np.ndarray) -> dict[str, float]:
     """area_fraction, solidity, eccentricity, components, second_area_ratio of a mask (>127 = polyp).
 
