@@ -76,7 +76,8 @@ class LabelledImage:
     data: bytes
 
 
-def _decode(url: str, mode: Literal["color", "gray"], error: type[PolypSynthError]) -> tuple[np.ndarray, bytes]:
+def read_image(url: str, mode: Literal["color", "gray"], error: type[PolypSynthError]) -> tuple[np.ndarray, bytes]:
+    """A labelled set's file decoded, and its bytes; unreadable or undecodable is one `error` line."""
     try:
         data = storage.read_bytes(url)
     except OSError as exc:
@@ -90,8 +91,8 @@ def _decode(url: str, mode: Literal["color", "gray"], error: type[PolypSynthErro
 def read_pair(pair: LabelledPair, error: type[PolypSynthError]) -> LabelledImage:
     """The pixels and label of a pair; an unreadable file, or a mask of another size than its image, is
     one `error` line naming the file."""
-    rgb, data = _decode(pair.image, "color", error)
-    mask, _ = _decode(pair.mask, "gray", error)
+    rgb, data = read_image(pair.image, "color", error)
+    mask, _ = read_image(pair.mask, "gray", error)
     check_same_size(pair, rgb, mask, error)
     return LabelledImage(rgb, binary_label(mask), data)
 

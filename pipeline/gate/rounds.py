@@ -31,7 +31,7 @@ from pipeline.gate.checks import SURPLUS
 from pipeline.gate.run import GateOutcome, run_gate
 from pipeline.generate.runner import RunSummary, run_generate
 from pipeline.generate.worker import make_worker
-from pipeline.plan.plan import Plan, PlanRound, extend_plan
+from pipeline.plan.plan import Plan, PlanInputs, PlanRound, extend_plan, round_inputs
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def run_until_accepted(config: JobConfig, executor_for: Callable[[str], Executor
     if wanted is None:
         raise ValueError("run_until_accepted needs a job with samples: {accepted: N}")
     run_dir = config.run_dir()
+    inputs: PlanInputs | None = None  # frames and real masks, read once for every later round
     while True:
         generated = run_generate(config, executor_for("generating"), factory=factory)
         plan = Plan.read(run_dir)
@@ -120,4 +121,5 @@ def run_until_accepted(config: JobConfig, executor_for: Callable[[str], Executor
             return RoundsOutcome(run_dir, wanted.accepted, wanted.budget, plan.rounds, generated, gate)
         why = (f"{gate.metrics.samples.accepted} of {plan.num_samples} accepted after round {len(plan.rounds) - 1}; "
                f"{short_of(gate, generated.failed_samples)}")
-        extend_plan(plan, config, more, why).write(run_dir)
+        inputs = inputs or round_inputs(plan, config)
+        extend_plan(plan, inputs, more, why).write(run_dir)

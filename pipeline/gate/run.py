@@ -377,10 +377,7 @@ def run_gate(run_dir: str, config: JobConfig, executor: Executor) -> GateOutcome
     for sample_reasons in reasons:
         for reason in sample_reasons:
             counts[reason] = counts.get(reason, 0) + 1
-    acceptance = float(accepted[~negative].mean()) if (~negative).any() else 1.0
-    failures = _run_failures(gate, accepted_figures, None if config.until_accepted else acceptance)
-    if config.until_accepted and int(accepted.sum()) < config.until_accepted.accepted:  # export refuses it
-        failures.append(f"accepted {int(accepted.sum())} < samples.accepted {config.until_accepted.accepted}")
+    failures = _run_failures(config, accepted_figures, accepted, negative)
     random_weights = any(made_with_random_weights(e) for e in _engines(layout, shards))
     if random_weights:
         log.warning("this run was made with RANDOM model weights: its painted regions are noise, not polyps")
@@ -438,13 +435,20 @@ def _engines(layout: RunLayout, shards: list[int]) -> list[dict[str, Any]]:
     return engines
 
 
-def _run_failures(gate: GateConfig, accepted: SetMetrics, acceptance: float | None) -> list[str]:
-    """Run-level bounds, judged on the accepted samples (what export hands to trainers); `acceptance`
-    is of the polyp samples (hard negatives pass more easily and must not lift it), None for a job
-    that asks for accepted samples: its `samples.max_attempts` bounds how many may be rejected."""
-    failures = []
-    if gate.acceptance_min is not None and acceptance is not None and acceptance < gate.acceptance_min:
-        failures.append(f"acceptance {acceptance:.3f} < gate.acceptance_min {gate.acceptance_min}")
+def _run_failures(config: JobConfig, accepted: SetMetrics, kept: np.ndarray, negative: np.ndarray) -> list[str]:
+    """Run-level bounds, judged on the accepted samples (what export hands to trainers). How many
+    must be accepted: a job that asks for N accepted samples fails while it has fewer (its
+    `samples.max_attempts` bounds how many may be rejected, so export refuses a run that fell
+    short); any other by `gate.acceptance_min`, the acceptance of its polyp samples (hard negatives
+    pass more easily and must not lift it)."""
+    gate, asked, failures = config.gate, config.until_accepted, []
+    if asked is not None:
+        if kept.sum() < asked.accepted:
+            failures.append(f"accepted {int(kept.sum())} < samples.accepted {asked.accepted}")
+    elif gate.acceptance_min is not None:
+        acceptance = float(kept[~negative].mean()) if (~negative).any() else 1.0
+        if acceptance < gate.acceptance_min:
+            failures.append(f"acceptance {acceptance:.3f} < gate.acceptance_min {gate.acceptance_min}")
     for name, bound, above in (("kid", gate.run_kid_max, True), ("fid", gate.run_fid_max, True),
                                ("precision", gate.run_precision_min, False)):
         value = getattr(accepted, name)

@@ -332,8 +332,9 @@ def frame_catalog(config: JobConfig) -> FrameCatalog:
 
 
 @dataclass(frozen=True)
-class _Inputs:
-    """What every round of a job's plan draws from: its frames, bank, preset and aim."""
+class PlanInputs:
+    """What every round of a job's plan draws from: its frames, bank, preset, aim and real masks,
+    read once for all the rounds of a run."""
 
     config: JobConfig
     catalog: FrameCatalog
@@ -345,7 +346,7 @@ class _Inputs:
     sources: list[SourceMask]  # the labels `masks.source: real` draws from (none for procedural masks)
 
     @classmethod
-    def load(cls, config: JobConfig, catalog: FrameCatalog, engine_inputs: dict[str, str]) -> _Inputs:
+    def load(cls, config: JobConfig, catalog: FrameCatalog, engine_inputs: dict[str, str]) -> PlanInputs:
         bank, preset = PromptBank.load(config.prompts.bank), MaskPreset.load(config.masks.preset)
         targets = aim(config.targets, preset) if config.targets else None
         if targets is not None and "size" not in bank.axes:
@@ -402,7 +403,7 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     reads (a donor library): part of every sample's identity."""
     total = planned_count(config, n)
     catalog = catalog or frame_catalog(config)
-    inputs = _Inputs.load(config, catalog, engine_inputs or {})
+    inputs = PlanInputs.load(config, catalog, engine_inputs or {})
     if inputs.targets is not None:
         for name, why in inputs.targets.why.items():
             log.info("targets: %s: %s", name, why)
@@ -429,18 +430,22 @@ def build_plan(config: JobConfig, n: int | None = None, catalog: FrameCatalog | 
     return Plan(table, meta)
 
 
-def extend_plan(plan: Plan, config: JobConfig, count: int, why: str, catalog: FrameCatalog | None = None) -> Plan:
-    """The plan with one more round: `count` samples after its last (fresh seeds, the same asked
-    distribution), in shards of their own so that no written shard changes."""
-    catalog = catalog or frame_catalog(config)
+def round_inputs(plan: Plan, config: JobConfig) -> PlanInputs:
+    """What a run's later rounds draw from: the frames it was planned with (refused when they changed)."""
+    catalog = frame_catalog(config)
     if catalog.digest() != plan.meta.frames.digest:
         raise ShardError(f"{config.run_dir()}: the frames of {config.frames.source} changed since this run was "
                          "planned; its new round would be drawn from other frames: use another run_id")
-    inputs = _Inputs.load(config, catalog, plan.meta.engine_inputs)
+    return PlanInputs.load(config, catalog, plan.meta.engine_inputs)
+
+
+def extend_plan(plan: Plan, inputs: PlanInputs, count: int, why: str) -> Plan:
+    """The plan with one more round: `count` samples after its last (fresh seeds, the same asked
+    distribution), in shards of their own so that no written shard changes."""
     round_ = PlanRound(index=len(plan.rounds), samples=count, first_shard=max(plan.shard_indices) + 1, why=why)
     table = inputs.rows(plan.num_samples, count, round_.index, round_.first_shard)
     log.info("round %d: planned %d samples in %d shards (%s)", round_.index, count,
-             -(-count // config.shard_size), why)
+             -(-count // inputs.config.shard_size), why)
     return Plan(pa.concat_tables([plan.table, table], promote_options="permissive"),
                 plan.meta.model_copy(update={"rounds": [*plan.rounds, round_]}))
 

@@ -24,8 +24,7 @@ import numpy as np
 from pipeline.config import LabelledSetConfig, RealMasksConfig
 from pipeline.core import storage
 from pipeline.core.digests import digest, sha256_hex
-from pipeline.core.images import decode_image
-from pipeline.core.labelled import binary_label, files_by_id, labelled_pairs, read_split
+from pipeline.core.labelled import binary_label, files_by_id, labelled_pairs, read_image, read_split
 from pipeline.core.progress import progress_bar
 from pipeline.errors import MaskPresetError
 from pipeline.plan.masks.placement import VisibleField
@@ -49,14 +48,9 @@ class SourceMask:
 
 
 def _read_label(url: str) -> tuple[np.ndarray, bytes]:
-    try:
-        data = storage.read_bytes(url)
-    except OSError as exc:
-        raise MaskPresetError(f"{url}: cannot read the mask ({type(exc).__name__}: {exc})") from None
-    try:
-        return without_specks(binary_label(decode_image(data, "gray"))), data
-    except ValueError as exc:
-        raise MaskPresetError(f"{url}: not a readable mask ({exc})") from None
+    """The label of a mask file without its JPEG specks, and the file's bytes."""
+    gray, data = read_image(url, "gray", MaskPresetError)
+    return without_specks(binary_label(gray)), data
 
 
 def _centred(label: np.ndarray) -> tuple[np.ndarray, float]:
