@@ -3,6 +3,7 @@ and the same pixels whatever the number of workers."""
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -122,7 +123,9 @@ def test_killed_driver_then_rerun_loses_nothing(cluster, tmp_path, tiny_model_di
     assert 0 < partial < 4 and not (tmp_path / "smoke" / "_SUCCESS").exists()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{partial} already done" in rerun.stdout
+    # a shard already in flight on the cluster's live actor may still land after its driver died
+    done = int(re.search(r"\((\d+) already done\)", rerun.stdout).group(1))
+    assert partial <= done < 4, rerun.stdout
     assert_exactly_once(tmp_path / "smoke")
 
 
