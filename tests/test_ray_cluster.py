@@ -8,6 +8,7 @@ while a node that joins gets work; every sample exactly once and no partial file
 """
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -119,6 +120,8 @@ def test_a_lost_node_then_a_lost_driver_then_the_same_command(gpu_cluster, tmp_p
     assert 1 <= loss.partial < 32 and not loss.finished, loss.first_log[-3000:]
     assert loss.victim[:6] in FAILED_ON.findall(loss.first_log), loss.first_log[-3000:]  # its shards were retried
     assert loss.second_rc == 0, loss.second_log[-3000:]
-    assert f"{loss.partial} already complete" in loss.second_log
+    # a shard in flight on an actor of the killed driver may still land before Ray reaps the actor
+    complete = int(re.search(r"(\d+) already complete", loss.second_log).group(1))
+    assert loss.partial <= complete < 32, loss.second_log[-3000:]
     assert loss.joined[:6] in DONE_BY.findall(loss.second_log), loss.second_log[-3000:]  # the new node got work
     assert account(run_dir).exactly_once, account(run_dir)
