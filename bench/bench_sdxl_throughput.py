@@ -11,8 +11,8 @@ One process, one model (the full-size SDXL inpainting architecture with random w
     -sdpa         engine with the classic attention processor instead of SDPA (what SDPA gives)
     -batched-cfg  engine with the two CFG halves as two UNet calls (what batching them gives)
     +bf16 …       then each technique asked for, added to the ones before it (cumulative):
-                  bf16, fuse_qkv, channels_last, compile (regional: compile_repeated_blocks; full;
-                  cudagraphs), overlap (engine.overlap_cpu)
+                  bf16, fuse_qkv, channels_last, compile (regional: compile_repeated_blocks; full:
+                  `engine.compile`, the whole UNet; cudagraphs), overlap (engine.overlap_cpu)
 
 Columns: images/s, s/image, achieved TFLOP/s (FLOPs counted on the model's own architecture with
 `torch.utils.flop_counter`, see `sdxl_flops.py`, at each sample's working side), % of the floor
@@ -129,7 +129,7 @@ TECHNIQUES = {
     "fuse_qkv": lambda pipe: pipe.fuse_qkv_projections(),
     "channels_last": _channels_last,
     "compile_regional": lambda pipe: pipe.unet.compile_repeated_blocks(fullgraph=True),
-    "compile_full": lambda pipe: setattr(pipe, "unet", torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs")),
+    "compile_full": None,  # engine.compile, set in the job's config as a user sets it (job_config)
     "compile_cudagraphs": lambda pipe: setattr(pipe, "unet", torch.compile(pipe.unet, mode="reduce-overhead")),
 }
 
@@ -184,7 +184,8 @@ def job_config(args: argparse.Namespace, model: str, out: str, run_id: str, row:
         "engine": {"model": model, "batch_size": args.batch, "resolution": args.resolution, "steps": args.steps,
                    "guidance_scale": args.guidance, "strength": args.strength, "dtype": row.dtype,
                    "output_resolution": args.output_resolution, "region": args.region, "crop_min": args.crop_min,
-                   "crop_resolution": args.crop_resolution, "overlap_cpu": row.overlap},
+                   "crop_resolution": args.crop_resolution, "overlap_cpu": row.overlap,
+                   "compile": "compile_full" in row.techniques},
     })
 
 
@@ -211,7 +212,8 @@ def run_engine_row(args: argparse.Namespace, model: str, out: str, row: Row, ref
         pipe = worker.engine.pipe
         if id(pipe) not in applied:  # once per loaded pipeline (cached for the row's runs)
             for technique in row.techniques:
-                TECHNIQUES[technique](pipe)
+                if TECHNIQUES[technique]:
+                    TECHNIQUES[technique](pipe)
             applied.add(id(pipe))
         return worker
 

@@ -52,3 +52,32 @@ def test_harness_runs_on_the_tiny_model(tmp_path):
     assert results["engine"]["stages"]["model"] > 0 and results["engine"]["stages"]["png_encode"] > 0
     table = done.stdout
     assert "% floor" in table and "baseline" in table and "+overlap" in table
+
+
+def test_kernel_kinds_from_the_names_an_h200_trace_gave():
+    from profile_sdxl_unet import kernel_kind
+
+    names = {
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT": "matmul",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1": "attention",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x128x64": "convolution",
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>": "normalisation",
+        "triton_red_fused_native_group_norm_silu_3": "normalisation",
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<": "pointwise",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float>": "pointwise",
+    }
+    assert {name: kernel_kind(name) for name in names} == names
+
+
+def test_unet_profile_runs_on_the_tiny_model(tmp_path):
+    out = tmp_path / "unet.json"
+    command = [sys.executable, str(ROOT / "bench/profile_sdxl_unet.py"), "--tiny", "--side", "64", "--batch", "1",
+               "--steps", "1", "--variants", "eager", "flash-attention", "compile", "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    eager, flash, compiled = result["variants"]
+    assert eager["ms_per_step"] > 0 and eager["kinds_ms"]["convolution"] > 0 and eager["top_kernels"]
+    assert flash["skipped"] and compiled["skipped"]  # measured on a GPU only
+    assert result["flops_by_kind"]["convolution"] > 0 and result["flops_by_kind"]["matmul"] > 0
+    assert "eager, by kind" in done.stdout

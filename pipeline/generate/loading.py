@@ -203,6 +203,7 @@ def load_pipeline(
     scheduler: str,
     dtype: torch.dtype,
     device: torch.device,
+    compile: bool = False,
 ) -> StableDiffusionXLInpaintPipeline:
     """Load the pipeline once per process (cached on everything that shapes it)."""
     logsetup.quiet_model_libraries()
@@ -230,4 +231,9 @@ def load_pipeline(
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # the shard worker reports progress, not every denoising step
     log.info("loaded %s (UNet with %d input channels) on %s as %s", model, pipe.unet.config.in_channels, device, dtype)
-    return pipe.to(device)
+    pipe.to(device)
+    if compile:
+        # One static graph per batch shape: a shard's batches share one, and a dynamic graph would be slower.
+        pipe.unet = torch.compile(pipe.unet, dynamic=False)
+        log.info("the UNet compiles on its first batch of each shape (minutes on a full-size model)")
+    return pipe

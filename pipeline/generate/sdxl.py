@@ -92,6 +92,7 @@ class InpaintEngine:
             config.scheduler,
             self.dtype,
             self.device,
+            config.compile,
         )
 
     @property
