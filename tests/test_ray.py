@@ -81,14 +81,15 @@ def test_ray_job_submit_runs_the_smoke_job(cluster, tmp_path, tiny_model_dir):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout.lower()
-    assert "generating" in done.stdout  # driver progress reaches `ray job logs`
+    assert "shards planned" in done.stdout  # the driver's log reaches `ray job logs` (its last lines may not)
     assert_exactly_once(out / "smoke")
 
 
-def actor_processes():
-    """Live worker processes that host a shard actor (Ray titles them `ray::ShardActor...`)."""
+def busy_actor_processes():
+    """Worker processes with a shard in flight (Ray titles them `ray::ShardActor.run` while it runs): one
+    killed then must be seen dying mid-shard, not while loading or idle once the queue is empty."""
     return [p for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::ShardActor")]
+            if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::ShardActor.run")]
 
 
 def test_killed_actor_is_replaced_and_its_shard_retried(cluster, tmp_path, tiny_model_dir):
@@ -100,7 +101,7 @@ def test_killed_actor_is_replaced_and_its_shard_retried(cluster, tmp_path, tiny_
     victims = []
     while not victims and time.monotonic() < deadline and driver.poll() is None:
         if list((tmp_path / "smoke" / SHARD_DIR).glob("*.parquet")):
-            victims = actor_processes()
+            victims = busy_actor_processes()
         time.sleep(0.1)
     assert victims, "no worker seen before the run ended"
     victims[0].send_signal(signal.SIGKILL)
@@ -221,4 +222,4 @@ def test_a_worker_that_cannot_load_stops_the_run_with_its_cause(cluster, tmp_pat
     done = subprocess.run([sys.executable, "-c", BROKEN_DRIVER, cluster["address"], str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert "failed to start: RuntimeError: CUDA driver version is insufficient" in done.stdout, done.stderr[-3000:]
-    assert int(done.stdout.split("stopped after ")[1].split("s")[0]) < 120
+    assert int(done.stdout.split("stopped after ")[1].split("s")[0]) < 300  # not the 900 s start budget

@@ -59,7 +59,7 @@ class SimulatedCluster:
         """Start one more GPU node and wait until the cluster sees it; its Ray node id."""
         assert self.cluster is not None
         node = self.cluster.add_node(num_cpus=self.cpus_per_node, num_gpus=self.gpus_per_node)
-        self.cluster.wait_for_nodes()
+        self.cluster.wait_for_nodes(timeout=120)  # a lost node counts as alive until its health check fails
         self.nodes.append(node)
         return node.node_id
 
