@@ -188,8 +188,8 @@ class EngineConfig(_Section):
     )
     compile: bool = Field(
         False, description="torch.compile the UNet (fuses its GroupNorms, GEGLUs and adds): a 1024² step 18 % "
-        "shorter on an H200 in bf16, for about 2 minutes of compiling per worker and per new batch shape "
-        "(BENCHMARKS.md); pixels differ from eager by float rounding only"
+        "shorter on an H200 in bf16, for about 2 minutes of compiling per worker, and again for its first "
+        "partial batch and second working side (BENCHMARKS.md); pixels differ from eager by float rounding only"
     )
 
     def pixel_settings(self) -> dict[str, Any]:

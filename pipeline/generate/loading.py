@@ -233,7 +233,9 @@ def load_pipeline(
     log.info("loaded %s (UNet with %d input channels) on %s as %s", model, pipe.unet.config.in_channels, device, dtype)
     pipe.to(device)
     if compile:
-        # One static graph per batch shape: a shard's batches share one, and a dynamic graph would be slower.
-        pipe.unet = torch.compile(pipe.unet, dynamic=False)
-        log.info("the UNet compiles on its first batch of each shape (minutes on a full-size model)")
+        # Automatic dynamic shapes: the first batch compiles a static graph; a shard's partial last batch or a
+        # second working side recompiles once with that dimension symbolic, not once per shape.
+        pipe.unet = torch.compile(pipe.unet)
+        log.info("the UNet compiles on its first batch, and once more for a new batch size or side (minutes each "
+                 "on a full-size model)")
     return pipe
