@@ -21,7 +21,7 @@ A variant whose estimated compile time does not fit `--budget` is skipped, and t
 after every variant, so a run cut short keeps what it measured.
 
     python bench/profile_sdxl_unet.py --tiny --side 64 --batch 2            # CPU dry run, tiny UNet
-    python bench/profile_sdxl_unet.py --json OUT/unet.json --trace OUT       # GPU: full size, bf16, batch 8
+    python bench/profile_sdxl_unet.py --json OUT/unet.json                   # GPU: full size, bf16, batch 8
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 KINDS = ("attention", "convolution", "matmul", "normalisation", "pointwise")
 
-# First match wins: a fused inductor kernel named after a norm is a norm; an SDPA kernel may contain "gemm".
+# First match wins. Inductor names a fused elementwise kernel after every op it absorbed
+# (`triton_poi_fused_convolution_native_group_norm_silu`), so its kernels are pointwise unless a norm.
 KERNEL_KINDS = [
+    ("normalisation", re.compile(r"norm|Moments|ComputeFusedParams", re.I)),
+    ("pointwise", re.compile(r"^triton_(poi|red|per)_")),
     ("attention", re.compile(r"flash|fmha|attention|sdpa|attn", re.I)),
-    ("convolution", re.compile(r"conv|fprop|dgrad|implicit", re.I)),
+    ("convolution", re.compile(r"convolution|conv2d|fprop|dgrad|implicit", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cublas|cutlass|triton_tem|_mm_|addmm|bmm", re.I)),
-    ("normalisation", re.compile(r"norm", re.I)),
 ]
 OP_KINDS = [
     ("attention", re.compile(r"attention")),
@@ -182,16 +184,25 @@ def run_variant(name: str, model, inputs: tuple, device: str, args) -> Variant:
         with attention():
             return net(sample, timestep, encoder_hidden_states=text, added_cond_kwargs=added).sample
 
-    with torch.inference_mode():
-        start = time.perf_counter()
-        for _ in range(2):
-            step()
-        sync(device)
-        warm = time.perf_counter() - start
-        seconds = time_steps(step, device, args.steps)
-        kinds, top = kernel_ms(step, device, 2)
-    model.to(memory_format=torch.contiguous_format)
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            for _ in range(2):
+                step()
+            sync(device)
+            warm = time.perf_counter() - start
+            seconds = time_steps(step, device, args.steps)
+            kinds, top = kernel_ms(step, device, 2)
+    finally:  # the next variant starts from the contiguous model, whatever happened here
+        model.to(memory_format=torch.contiguous_format)
     return Variant(name, ms_per_step=1000 * seconds, compile_s=warm if mode else 0.0, kinds_ms=kinds, top_kernels=top)
+
+
+def row(v: Variant) -> str:
+    if v.skipped:
+        return f"{v.name:<24} skipped: {v.skipped}"
+    return (f"{v.name:<24} {v.ms_per_step:>8.1f} {v.tflops:>8.1f} {100 * v.floor_share:>7.1f}% {v.compile_s:>9.0f}  "
+            + " ".join(f"{v.kinds_ms.get(k, 0):>8.1f} ms" for k in KINDS))
 
 
 def report(variants: list[Variant], flops: dict[str, int], step_flops: float, peak: float, args) -> str:
@@ -200,12 +211,7 @@ def report(variants: list[Variant], flops: dict[str, int], step_flops: float, pe
              f"floor at {args.peak_tflops}",
              "", f"{'variant':<24} {'ms/step':>8} {'TFLOP/s':>8} {'% floor':>8} {'compile s':>9}  "
              + " ".join(f"{k[:11]:>11}" for k in KINDS)]
-    for v in variants:
-        if v.skipped:
-            lines.append(f"{v.name:<24} skipped: {v.skipped}")
-            continue
-        lines.append(f"{v.name:<24} {v.ms_per_step:>8.1f} {v.tflops:>8.1f} {100 * v.floor_share:>7.1f}% "
-                     f"{v.compile_s:>9.0f}  " + " ".join(f"{v.kinds_ms.get(k, 0):>8.1f} ms" for k in KINDS))
+    lines += [row(v) for v in variants]
     eager = next((v for v in variants if v.name == "eager" and not v.skipped), None)
     if eager:
         lines += ["", "eager, by kind:   ms/step  share   TFLOP   TFLOP/s"]
@@ -261,7 +267,7 @@ def main() -> None:
                 v = Variant(name, skipped=f"failed: {type(error).__name__}: {str(error)[:200]}")
             variants.append(v)
             torch._dynamo.reset()
-        print(report(variants[-1:], flops, step_flops, peak, args).splitlines()[-1], flush=True)
+        print(row(variants[-1]), flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

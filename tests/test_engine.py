@@ -101,7 +101,7 @@ def test_identity_records_what_decides_the_pixels(tiny_model_dir):
 def test_a_compiled_unet_paints_the_eager_pictures(tiny_model_dir):
     """engine.compile wraps the UNet in torch.compile (inductor's C++ kernels on this CPU); the pictures
     differ by float rounding at most, so the setting is not part of a sample's identity. Three samples in
-    batches of two: a partial batch recompiles once, with the batch dimension symbolic."""
+    batches of two: the partial batch goes through the compiled UNet too (a second graph)."""
     settings = {"resolution": 64, "steps": 2, "batch_size": 2}
     frames, masks = real_samples(3)
     eager = make_engine(tiny_model_dir, **settings)

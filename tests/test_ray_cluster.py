@@ -67,7 +67,8 @@ def test_one_actor_per_gpu_spread_over_the_nodes(gpu_cluster, tmp_path, tiny_mod
     assert "starting 4 worker(s) with 1 GPU" in log and set(placement(gpu_cluster, log).items()) == {(n, 2) for n in gpu_nodes}
     assert account(str(tmp_path / "whole" / "smoke")).exactly_once
 
-    log = run(gpu_cluster, command(tmp_path / "capped", tiny_model_dir, samples=64, **{"executor.max_workers": 2}))
+    log = run(gpu_cluster, command(tmp_path / "capped", tiny_model_dir, samples=64, **{"executor.max_workers": 2},
+                                   **SLOW))
     assert set(placement(gpu_cluster, log).items()) == {(n, 1) for n in gpu_nodes}  # spread, not packed
 
     log = run(gpu_cluster, command(tmp_path / "halves", tiny_model_dir, samples=128,
