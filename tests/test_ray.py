@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.images import decode_image
-from pipeline.core.layout import SHARD_DIR
+from pipeline.core.layout import DONE_SUFFIX, SHARD_DIR
 from pipeline.testing.cluster import account, smoke_job
 from pipeline.testing.data import shared_data
 
@@ -116,11 +116,12 @@ def test_killed_driver_then_rerun_loses_nothing(cluster, tmp_path, tiny_model_di
     driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "smoke" / SHARD_DIR
     deadline = time.monotonic() + 300
-    while not list(shards.glob("*.parquet")) and time.monotonic() < deadline and driver.poll() is None:
+    complete = f"*{DONE_SUFFIX}"  # a shard counts once its completion record is written
+    while not list(shards.glob(complete)) and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    partial = len(list(shards.glob("*.parquet")))
+    partial = len(list(shards.glob(complete)))
     assert 0 < partial < 4 and not (tmp_path / "smoke" / "_SUCCESS").exists()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

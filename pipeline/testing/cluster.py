@@ -21,7 +21,7 @@ from typing import Any
 from ray.cluster_utils import Cluster
 
 from pipeline.core import parquet, storage
-from pipeline.core.layout import SHARD_DIR, RunLayout
+from pipeline.core.layout import DONE_SUFFIX, SHARD_DIR, RunLayout
 from pipeline.core.storage import TEMP_PREFIX
 from pipeline.plan.plan import Plan
 
@@ -127,8 +127,10 @@ DONE_BY = re.compile(r"shard \d+ done by w\d+@[^/\s]+/(\w+)")
 FAILED_ON = re.compile(r"shard \d+ failed on worker w\d+@[^/\s]+/(\w+)")
 
 
-def shards_written(run_dir: str) -> int:
-    return sum(name.endswith(".parquet") for name in storage.list_names(storage.join(run_dir, SHARD_DIR)))
+def shards_complete(run_dir: str) -> int:
+    """Shards with their completion record: a Parquet file whose writer died before its record is not
+    complete, and a rerun makes it again."""
+    return sum(name.endswith(DONE_SUFFIX) for name in storage.list_names(storage.join(run_dir, SHARD_DIR)))
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
@@ -145,7 +147,7 @@ class NodeLoss:
 
     victim: str  # the node lost mid-run
     joined: str  # the node added while the same command ran again
-    partial: int  # shards on disk when the first driver was killed
+    partial: int  # shards complete when the first driver was killed
     finished: bool  # whether the first driver had completed the run before it was killed (too little work)
     first_log: str
     second_log: str
@@ -162,14 +164,14 @@ def lose_a_node_then_the_driver(cluster: SimulatedCluster, args: list[str], env:
     first, second = logs / "first.log", logs / "second.log"
     with open(first, "w") as sink:
         driver = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        wait_for(lambda: shards_written(run_dir) >= after_shards, f"{after_shards} shard(s)")
+        wait_for(lambda: shards_complete(run_dir) >= after_shards, f"{after_shards} shard(s)")
         victim = cluster.node_of(READY.findall(first.read_text())[0][1])
         cluster.lose_node(victim)
         wait_for(lambda: "died; replacing" in first.read_text(), "the driver to see the node go")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     time.sleep(2.0)  # Ray reaps the dead driver's actors; one mid-write may still land after this count
-    partial = shards_written(run_dir)
+    partial = shards_complete(run_dir)
     finished = storage.exists(RunLayout(run_dir).success)
     with open(second, "w") as sink:
         driver = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)
