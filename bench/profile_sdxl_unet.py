@@ -255,7 +255,7 @@ def main() -> None:
         left = args.budget - (time.monotonic() - start)
         estimate = VARIANTS[name][3] + 30
         if device != "cuda" and (VARIANTS[name][1] or VARIANTS[name][2]):
-            variants.append(Variant(name, skipped="cuDNN attention and torch.compile are measured on a GPU only"))
+            variants.append(Variant(name, skipped="forced SDPA backends and torch.compile are measured on a GPU only"))
         elif left < estimate:
             variants.append(Variant(name, skipped=f"{left:.0f} s left of the budget, about {estimate} s needed"))
         else:

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.images import decode_image
-from pipeline.core.layout import DONE_SUFFIX, SHARD_DIR
-from pipeline.testing.cluster import account, smoke_job
+from pipeline.core.layout import SHARD_DIR
+from pipeline.testing.cluster import account, shards_complete, smoke_job
 from pipeline.testing.data import shared_data
 
 ROOT = Path(__file__).parents[1]
@@ -114,14 +114,13 @@ def test_killed_actor_is_replaced_and_its_shard_retried(cluster, tmp_path, tiny_
 def test_killed_driver_then_rerun_loses_nothing(cluster, tmp_path, tiny_model_dir):
     args, env = cli(*job_args(tmp_path, tiny_model_dir, samples=16), address=cluster["address"])
     driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = tmp_path / "smoke" / SHARD_DIR
+    run_dir = str(tmp_path / "smoke")
     deadline = time.monotonic() + 300
-    complete = f"*{DONE_SUFFIX}"  # a shard counts once its completion record is written
-    while not list(shards.glob(complete)) and time.monotonic() < deadline and driver.poll() is None:
+    while not shards_complete(run_dir) and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    partial = len(list(shards.glob(complete)))
+    partial = shards_complete(run_dir)
     assert 0 < partial < 4 and not (tmp_path / "smoke" / "_SUCCESS").exists()
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
