@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade --quiet pip
 	# torch/torchvision pinned together so the CPU wheels on a dev box and the CUDA wheels in the
 	# image agree; pip's own constraints may narrow this further.
-	$(BIN)/pip install --quiet "torch>=2.3,<=2.14.1" "torchvision>=0.18,<=0.29.1"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-cache-dir "torch>=2.3,<=2.14.1" "torchvision>=0.18,<=0.29.1"
+	$(BIN)/pip install --quiet --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
