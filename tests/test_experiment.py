@@ -284,23 +284,26 @@ def test_trials_with_a_synthetic_arm_run_as_ray_tasks(tmp_path, evaluation):
     assert {r.trial.key: r.metrics for r in results} == {r.trial.key: r.metrics for r in local}
 
 
+def _result(synthetic, budget, seed, dice, miss_small):
+    """A finished trial with the figures a summary compares (no training: the summary's maths alone)."""
+    from pipeline.train.trial import Trial, TrialResult
+
+    return TrialResult(trial=Trial(synthetic=synthetic, ratio=0.0 if synthetic is None else 1.0, seed=seed,
+                                   budget=budget), real_ids=[], synthetic_per_epoch=0, steps=1, samples_seen=1,
+                       epochs=1, seconds=0.0,
+                       metrics={"eval": {"dice": dice, "miss_rate": 0.1, "dice_small": dice / 2,
+                                         "miss_small": miss_small}})
+
+
 def test_each_generator_is_held_against_the_first_named_at_the_same_ratio_and_budget():
     """Paired by seed: the second set against the reference set, never against itself or across budgets."""
     from pipeline.train.summary import summarise, summary_markdown
-    from pipeline.train.trial import Trial, TrialResult
-
-    def result(synthetic, budget, seed, dice, miss_small):
-        return TrialResult(trial=Trial(synthetic=synthetic, ratio=0.0 if synthetic is None else 1.0, seed=seed,
-                                       budget=budget), real_ids=[], synthetic_per_epoch=0, steps=1, samples_seen=1,
-                           epochs=1, seconds=0.0,
-                           metrics={"eval": {"dice": dice, "miss_rate": 0.1, "dice_small": dice / 2,
-                                             "miss_small": miss_small}})
 
     seeds = range(5)
-    results = [result(None, "epochs", s, 0.5 + s / 100, 0.5) for s in seeds]
+    results = [_result(None, "epochs", s, 0.5 + s / 100, 0.5) for s in seeds]
     for budget in ("epochs", "steps"):
-        results += [result("untargeted", budget, s, 0.6 + s / 100, 0.5) for s in seeds]
-        results += [result("targeted", budget, s, 0.62 + s / 100 + (s % 2) / 1000, 0.5 - 0.1 * (s % 3 + 1))
+        results += [_result("untargeted", budget, s, 0.6 + s / 100, 0.5) for s in seeds]
+        results += [_result("targeted", budget, s, 0.62 + s / 100 + (s % 2) / 1000, 0.5 - 0.1 * (s % 3 + 1))
                     for s in seeds]
     summary = summarise(results, reference="untargeted")
     against = {(c.arm, c.figure): c for c in summary.comparisons if c.control.startswith("untargeted")}
@@ -313,3 +316,22 @@ def test_each_generator_is_held_against_the_first_named_at_the_same_ratio_and_bu
     assert "| targeted r1, equal steps | untargeted r1, equal steps |" in summary_markdown(summary)
     assert "miss <2%" in summary_markdown(summary)
     assert not any(c.control.startswith("untargeted") for c in summarise(results).comparisons)  # no reference named
+
+
+def test_the_plot_grows_with_its_comparisons(tmp_path):
+    """Many synthetic sets make many paired rows: the panel grows so that each keeps its height."""
+    from PIL import Image
+
+    from pipeline.train.summary import plot, summarise
+
+    def height(sets: int) -> tuple[int, int]:
+        results = [_result(None, "epochs", s, 0.5 + s / 100, 0.5) for s in range(5)]
+        results += [_result(f"set{k}", budget, s, 0.55 + (s * k % 7) / 100, 0.4)
+                    for k in range(sets) for budget in ("epochs", "steps") for s in range(5)]
+        summary = summarise(results, reference="set0")
+        plot(summary, tmp_path / f"{sets}.png")
+        return Image.open(tmp_path / f"{sets}.png").height, len({(c.arm, c.control) for c in summary.comparisons})
+
+    (few, _), (many, rows) = height(1), height(8)
+    assert rows == 2 * 8 + 2 * 7  # each arm against real only, and each other set's against set0's
+    assert few < many and many >= 0.4 * rows * 110 * 0.9  # about 0.4 in a row at the plot's 110 dpi

@@ -239,7 +239,10 @@ def plot(summary: Summary, path: Path) -> None:
     sets += [(d, "fp_rate") for d in summary.sets if "fp_rate" in summary.arms[0].metrics[d]]
     if not sets:
         return
-    fig, axes = plt.subplots(len(sets), 2, figsize=(13, 4.2 * len(sets)), squeeze=False)
+    # a row of panels grows with its comparisons, so that their two-line labels never overlap
+    heights = [max(4.2, 0.4 * len(_pairs(summary, data, figure))) for data, figure in sets]
+    fig, axes = plt.subplots(len(sets), 2, figsize=(13, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     for (left, right), (data, figure) in zip(axes, sets):
         _ratio_panel(left, summary, data, figure)
         _difference_panel(right, summary, data, figure)
@@ -272,12 +275,17 @@ def _ratio_panel(ax, summary: Summary, data: str, figure: str) -> None:
     ax.legend(fontsize=8)
 
 
+def _pairs(summary: Summary, data: str, figure: str) -> list[tuple[str, str]]:
+    """(arm, control) of each comparison of `figure` on `data`, bottom to top as the panel draws them."""
+    return sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == figure},
+                  key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]), reverse=True)
+
+
 def _difference_panel(ax, summary: Summary, data: str, figure: str) -> None:
     small = SIZE_BINS[0]
     figures = ((("dice", "Dice", "tab:blue"), (f"dice_{small[0]}", f"Dice {small[3]}", "tab:orange"))
                if figure == "dice" else ((figure, _figure_label(figure), "tab:red"),))
-    rows = sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == figure},
-                  key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]), reverse=True)
+    rows = _pairs(summary, data, figure)
     if not rows:
         ax.text(0.5, 0.5, "fewer than 2 seeds: no paired intervals", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
