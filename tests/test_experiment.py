@@ -7,6 +7,9 @@ reference and probe negatives. One test runs the real chain: frames polyp-free â
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -335,3 +338,30 @@ def test_the_plot_grows_with_its_comparisons(tmp_path):
     (few, _), (many, rows) = height(1), height(8)
     assert rows == 2 * 8 + 2 * 7  # each arm against real only, and each other set's against set0's
     assert few < many and many >= 0.4 * rows * 110 * 0.9  # about 0.4 in a row at the plot's 110 dpi
+
+
+def test_experiments_pool_only_when_their_shared_trials_agree(tmp_path):
+    """bench/pool_experiments.py pairs two runs' synthetic arms seed by seed when the trials both ran
+    (real only) came out identical, and refuses, naming the trial, when they did not."""
+    def run(name: str, synthetic: str, real_dice: float) -> Path:
+        results = [_result(None, "epochs", s, real_dice + s / 100, 0.5) for s in range(5)]
+        results += [_result(synthetic, "epochs", s, 0.6 + s / 100 + (synthetic == "b") * s / 1000, 0.4)
+                    for s in range(5)]
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "trials.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in results))
+        return folder
+
+    def pool(*runs: Path) -> subprocess.CompletedProcess:
+        script = Path(__file__).parents[1] / "bench" / "pool_experiments.py"
+        return subprocess.run([sys.executable, str(script), "--reference", "a", "--out", str(tmp_path / "pooled"),
+                               *map(str, runs)], capture_output=True, text=True, timeout=120)
+
+    first, second = run("first", "a", 0.5), run("second", "b", 0.5)
+    pooled = pool(first, second)
+    assert pooled.returncode == 0, pooled.stderr
+    assert "15 trials from 2 runs" in pooled.stdout
+    table = (tmp_path / "pooled" / "table.md").read_text()
+    assert "| b r1, equal epochs | a r1, equal epochs | **+0.002 [" in table  # b âˆ’ a, paired by seed
+    refused = pool(first, run("other", "b", 0.51))
+    assert refused.returncode != 0 and "trial real-r0-s0-epochs differs between" in refused.stderr
