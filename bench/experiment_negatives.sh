@@ -12,7 +12,7 @@
 #   kinds: which negative helps: the added set twice, its negatives all polyp-free frames (`kinds: [frame]`)
 #     or all look-alikes (`kinds: [lookalike]`). The same samples are negatives in both, and the polyps are
 #     the same 96, so the two arms differ only in what the negatives show.
-#   ratio: the added set with `negatives.ratio: 0.1` (about 12 negatives in 125; a sample negative at 0.1 is
+#   ratio: the added set with `negatives.ratio: 0.1` (about 11 negatives in 125; a sample negative at 0.1 is
 #     negative at 0.25 too, the rest are polyps), trained at ratio 1.25: fewer negatives for more polyps.
 # Results: runs/exp/negatives[-added|-kinds|-ratio]-<SIZE>-e<EPOCHS>-s<SEEDS>/.
 # Usage: bench/experiment_negatives.sh [SIZE] [EPOCHS] [SEEDS] [replaced|added|kinds|ratio]

@@ -365,3 +365,5 @@ def test_experiments_pool_only_when_their_shared_trials_agree(tmp_path):
     assert "| b r1, equal epochs | a r1, equal epochs | **+0.002 [" in table  # b − a, paired by seed
     refused = pool(first, run("other", "b", 0.51))
     assert refused.returncode != 0 and "trial real-r0-s0-epochs differs between" in refused.stderr
+    renamed = pool(first, second, run("third", "b", 0.5))  # the same name, maybe other data
+    assert renamed.returncode != 0 and "synthetic set 'b' is in both" in renamed.stderr
