@@ -203,8 +203,7 @@ def summary_markdown(summary: Summary) -> str:
         for arm in summary.arms:
             cells = [_cell(arm.metrics.get(data, {}).get(f), f) for f in figures]
             lines.append(f"| {arm.label} | {len(arm.seeds)} | {arm.steps} | {arm.samples_seen} | " + " | ".join(cells) + " |")
-        pairs = sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data},
-                       key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]))
+        pairs = _pairs(summary, data)
         if pairs:
             lines += ["", "Paired differences, arm − control on the same seed: mean [95 % CI]; **bold**: the "
                       f"interval excludes 0 over at least {MIN_SEEDS} seeds. Each interval is for its own comparison: "
@@ -275,17 +274,18 @@ def _ratio_panel(ax, summary: Summary, data: str, figure: str) -> None:
     ax.legend(fontsize=8)
 
 
-def _pairs(summary: Summary, data: str, figure: str) -> list[tuple[str, str]]:
-    """(arm, control) of each comparison of `figure` on `data`, bottom to top as the panel draws them."""
-    return sorted({(c.arm, c.control) for c in summary.comparisons if c.data == data and c.figure == figure},
-                  key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]), reverse=True)
+def _pairs(summary: Summary, data: str, figure: str | None = None) -> list[tuple[str, str]]:
+    """(arm, control) of each comparison on `data` (of `figure` alone, if given), in the arms' order."""
+    return sorted({(c.arm, c.control) for c in summary.comparisons
+                   if c.data == data and figure in (None, c.figure)},
+                  key=lambda p: ([a.label for a in summary.arms].index(p[0]), p[1]))
 
 
 def _difference_panel(ax, summary: Summary, data: str, figure: str) -> None:
     small = SIZE_BINS[0]
     figures = ((("dice", "Dice", "tab:blue"), (f"dice_{small[0]}", f"Dice {small[3]}", "tab:orange"))
                if figure == "dice" else ((figure, _figure_label(figure), "tab:red"),))
-    rows = _pairs(summary, data, figure)
+    rows = _pairs(summary, data, figure)[::-1]  # the first arm at the top
     if not rows:
         ax.text(0.5, 0.5, "fewer than 2 seeds: no paired intervals", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
